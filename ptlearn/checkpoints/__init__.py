@@ -1,0 +1,1 @@
+"""Importers of base-model checkpoints (GGUF, Hugging Face, NeMo) into ptlearn parameter trees."""
