@@ -1,0 +1,24 @@
+"""User-facing errors: each names the file, line or key at fault and what to do about it."""
+
+
+class PtlearnError(Exception):
+    """An error caused by the user's input (a file, a config key, a flag), not by a bug.
+
+    Command-line entry points catch it and print its message as one line instead of a traceback.
+    """
+
+
+class CheckpointError(PtlearnError):
+    """A model checkpoint that is missing, unreadable, unsafe or of an unsupported kind."""
+
+
+class DataError(PtlearnError):
+    """A data file (jsonl, raw data set) that is missing or malformed; names file and line."""
+
+
+class TemplateError(PtlearnError):
+    """A task template that is invalid for its task; names the task and the problem."""
+
+
+class ConfigError(PtlearnError):
+    """A config key with an invalid value; names the key."""
