@@ -1,0 +1,93 @@
+"""What every importer returns, and the checks and tree helpers they share."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from ptlearn.errors import CheckpointError
+from ptlearn.gpt import GPT, GPTConfig
+
+ParamTree = dict[str, Any]  # nested dict of numpy arrays: the GPT's tree *inside* "params"
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A base model read from disk: architecture, float weights, tokenizer, and where from."""
+
+    config: GPTConfig
+    params: ParamTree
+    tokenizer: Any  # ptlearn.tokenizers.Tokenizer, or None when the checkpoint carries none
+    source: str
+
+
+def stack_layers(per_layer: Sequence[Mapping[str, Any]]) -> ParamTree:
+    """[{path: array}] per layer -> {path: array with a leading layer axis}, nested by '/'.
+
+    per_layer[i] maps '/'-joined paths inside the block (e.g. 'attn/query/kernel') to arrays.
+    """
+    if not per_layer:
+        raise CheckpointError("checkpoint has no transformer layers")
+    keys = sorted(per_layer[0])
+    for i, layer in enumerate(per_layer):
+        if sorted(layer) != keys:
+            missing = sorted(set(keys) ^ set(layer))
+            raise CheckpointError(f"layer {i} has different tensors from layer 0: {missing}")
+    return unflatten({k: np.stack([np.asarray(layer[k]) for layer in per_layer]) for k in keys})
+
+
+def unflatten(flat: Mapping[str, Any]) -> ParamTree:
+    """{'a/b/c': x} -> {'a': {'b': {'c': x}}}."""
+    tree: ParamTree = {}
+    for path, value in flat.items():
+        node = tree
+        *parents, leaf = path.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': x}} -> {'a/b': x}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, path + "/"))
+        else:
+            flat[path] = value
+    return flat
+
+
+def expected_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """'/'-joined parameter path -> shape, for the GPT built from `config` (no allocation)."""
+    abstract = jax.eval_shape(
+        lambda: GPT(config).init(jax.random.key(0), np.zeros((1, 1), np.int32))
+    )
+    return {k: tuple(v.shape) for k, v in flatten(nn.unbox(abstract)["params"]).items()}
+
+
+def check_params(config: GPTConfig, params: ParamTree, source: str) -> ParamTree:
+    """Checks names and shapes against the architecture; casts to float32 numpy arrays."""
+    want = expected_shapes(config)
+    have = flatten(params)
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    if missing or extra:
+        raise CheckpointError(
+            f"{source}: parameters do not match the architecture read from it "
+            f"(missing: {missing[:5]}, unexpected: {extra[:5]})"
+        )
+    for path, shape in want.items():
+        if tuple(np.shape(have[path])) != shape:
+            raise CheckpointError(
+                f"{source}: parameter {path} has shape {np.shape(have[path])}, "
+                f"the architecture needs {shape}"
+            )
+    return unflatten({k: np.asarray(v, dtype=np.float32) for k, v in have.items()})

@@ -1,0 +1,263 @@
+"""The frozen GPT: one Flax model for the GPT-2 / Megatron and the Llama families.
+
+The prompt enters as input embeddings (`GPT.embed_tokens`, then `GPT.__call__(embeddings=...)`),
+the single injection point: nothing here knows about prompts. Blocks are stacked with `nn.scan`
+(parameters carry a leading `layers` axis), which keeps compile time flat in depth.
+
+Parameter tree (under "params"; L = layers, E = hidden, N = heads, K = kv heads, D = head dim):
+  embed/embedding [V, E]; pos_embed/embedding [P, E] (learned positions only)
+  layers/attn_norm/{scale, bias?} [L, E]; layers/mlp_norm/{scale, bias?} [L, E]
+  layers/attn/{query [L, E, N, D], key [L, E, K, D], value [L, E, K, D]}/{kernel, bias?}
+  layers/attn/out/kernel [L, N, D, E] (+ bias [L, E])
+  layers/mlp/{gate?, up}/kernel [L, E, F] (+ bias [L, F]); layers/mlp/down/kernel [L, F, E]
+  final_norm/{scale, bias?} [E]; head/kernel [E, V] (untied head only)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ptlearn import layers
+
+Cache = dict[str, jax.Array]  # {"k", "v"}: [L, B, S, K, D]
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+    """Architecture and numerics of a GPT; one config covers both families."""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    ffn_hidden_size: int
+    max_position_embeddings: int
+    position_embedding: str = "rope"  # "rope" | "learned"
+    norm: str = "rmsnorm"  # "rmsnorm" | "layernorm"
+    norm_eps: float = 1e-5
+    activation: str = "swiglu"  # "swiglu" | "gelu" | "gelu_tanh"
+    use_bias: bool = False
+    tie_embeddings: bool = True
+    rope_base: float = 10000.0
+    param_dtype: str = "float32"
+    dtype: str = "float32"  # compute dtype
+    remat_policy: str = "none"  # see REMAT_POLICIES
+
+    def __post_init__(self) -> None:
+        checks = {
+            "position_embedding": (self.position_embedding, ("rope", "learned")),
+            "norm": (self.norm, ("rmsnorm", "layernorm")),
+            "activation": (self.activation, ("swiglu", "gelu", "gelu_tanh")),
+            "remat_policy": (self.remat_policy, tuple(REMAT_POLICIES)),
+            "dtype": (self.dtype, ("float32", "bfloat16", "float16")),
+            "param_dtype": (self.param_dtype, ("float32", "bfloat16", "float16")),
+        }
+        for key, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"GPTConfig.{key}={value!r}: must be one of {allowed}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"GPTConfig: num_heads={self.num_heads} is not a multiple of "
+                f"num_kv_heads={self.num_kv_heads}"
+            )
+
+    def replace(self, **changes: Any) -> GPTConfig:
+        """A copy with some fields changed (e.g. dtype, remat_policy)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def num_params(self) -> int:
+        """Weights of the matmuls and embeddings (norm scales and biases left out)."""
+        e, f, layer_count = self.hidden_size, self.ffn_hidden_size, self.num_layers
+        attn = e * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
+        mlp = e * f * (3 if self.activation == "swiglu" else 2)
+        total = layer_count * (attn + mlp) + self.vocab_size * e
+        if not self.tie_embeddings:
+            total += self.vocab_size * e
+        if self.position_embedding == "learned":
+            total += self.max_position_embeddings * e
+        return total
+
+
+# Which intermediate values a checkpointed block keeps; the rest is recomputed in the backward.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots_all": jax.checkpoint_policies.dots_saveable,
+}
+
+_LLAMA = dict(position_embedding="rope", norm="rmsnorm", activation="swiglu", use_bias=False)
+_MEGATRON = dict(
+    position_embedding="learned", norm="layernorm", activation="gelu", use_bias=True, norm_eps=1e-5
+)
+
+VARIANTS: dict[str, GPTConfig] = {
+    # Tiny models for unit tests.
+    "test": GPTConfig(256, 64, 2, 4, 2, 16, 128, 128, **_LLAMA),
+    "test-gpt2": GPTConfig(
+        256, 64, 2, 4, 4, 16, 256, 128, **{**_MEGATRON, "activation": "gelu_tanh"}
+    ),
+    # The embedded default (SmolLM2-135M-Instruct); the GGUF file's metadata says the same.
+    "smollm2-135m": GPTConfig(49152, 576, 30, 9, 3, 64, 1536, 8192, rope_base=100000.0, **_LLAMA),
+    # A ~1B Llama-shaped model on the default tokenizer, for throughput checks.
+    "test-1b": GPTConfig(49152, 2048, 16, 32, 8, 64, 8192, 4096, rope_base=100000.0, **_LLAMA),
+    # The seed's NeMo Megatron GPT references.
+    "gpt-345m": GPTConfig(50304, 1024, 24, 16, 16, 64, 4096, 2048, **_MEGATRON),
+    "gpt-1.3b": GPTConfig(50304, 2048, 24, 16, 16, 128, 8192, 2048, **_MEGATRON),
+    "gpt-5b": GPTConfig(50304, 4096, 24, 32, 32, 128, 16384, 2048, **_MEGATRON),
+    "gpt-20b": GPTConfig(50304, 6144, 44, 48, 48, 128, 24576, 2048, **_MEGATRON),
+}
+
+
+class Block(nn.Module):
+    """One pre-norm transformer block; the scan carry is the residual stream."""
+
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        mask: jax.Array,
+        cache: Cache | None,
+        cache_index: jax.Array | None,
+    ) -> tuple[jax.Array, Cache | None]:
+        """x: [B, T, E] -> ([B, T, E], this layer's updated cache {"k", "v"}: [B, S, K, D])."""
+        c = self.config
+        rope_base = c.rope_base if c.position_embedding == "rope" else None
+        h = layers.make_norm(c.norm, c.norm_eps, c.dtype, c.param_dtype, "attn_norm")(x)
+        h, cache = layers.Attention(
+            c.num_heads,
+            c.num_kv_heads,
+            c.head_dim,
+            c.use_bias,
+            rope_base,
+            dtype=c.dtype,
+            param_dtype=c.param_dtype,
+            name="attn",
+        )(h, positions, mask, cache, cache_index)
+        x = x + h
+        h = layers.make_norm(c.norm, c.norm_eps, c.dtype, c.param_dtype, "mlp_norm")(x)
+        h = layers.MLP(
+            c.ffn_hidden_size,
+            c.activation,
+            c.use_bias,
+            dtype=c.dtype,
+            param_dtype=c.param_dtype,
+            name="mlp",
+        )(h)
+        x = x + h
+        # Pin the residual stream's layout at block boundaries (a no-op without a mesh).
+        x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "embed"))
+        return x, cache
+
+
+class GPT(nn.Module):
+    """A decoder-only transformer; takes token ids or input embeddings."""
+
+    config: GPTConfig
+
+    def setup(self) -> None:
+        c = self.config
+        self.embed = layers.Embed(
+            c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.param_dtype
+        )
+        if c.position_embedding == "learned":
+            self.pos_embed = layers.Embed(
+                c.max_position_embeddings,
+                c.hidden_size,
+                axes=("positions", "embed"),
+                dtype=c.dtype,
+                param_dtype=c.param_dtype,
+            )
+        block = Block
+        if REMAT_POLICIES[c.remat_policy] is not None:
+            block = nn.remat(block, policy=REMAT_POLICIES[c.remat_policy], prevent_cse=False)
+        self.layers = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+            length=c.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(c)
+        self.final_norm = layers.make_norm(c.norm, c.norm_eps, c.dtype, c.param_dtype, "final_norm")
+        if not c.tie_embeddings:
+            self.head = layers.DenseGeneral(
+                (c.vocab_size,), ("embed", "vocab"), dtype=c.dtype, param_dtype=c.param_dtype
+            )
+
+    def embed_tokens(self, ids: jax.Array) -> jax.Array:
+        """ids: [B, T] int -> token embeddings [B, T, E] (no positions added)."""
+        return self.embed(ids)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Final-normed hidden states [B, T, E] -> logits [B, T, V] float32."""
+        out = self.embed.attend(hidden) if self.config.tie_embeddings else self.head(hidden)
+        return out.astype(jnp.float32)
+
+    def __call__(
+        self,
+        ids: jax.Array | None = None,
+        *,
+        embeddings: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        attention_mask: jax.Array | None = None,
+        cache: Cache | None = None,
+        cache_index: jax.Array | int | None = None,
+        return_hidden: bool = False,
+    ) -> tuple[jax.Array, Cache | None]:
+        """Runs the stack.
+
+        ids: [B, T] int, or embeddings: [B, T, E] (e.g. token embeddings with prompt rows
+        written in). positions: [B, T] int (default 0..T-1). attention_mask: [B, S] bool, which
+        key slots hold real tokens (default all); S = T without a cache, the cache length with
+        one. cache: {"k", "v"}: [L, B, S, K, D] from `init_cache`; the new keys go to slots
+        cache_index .. cache_index+T-1 and a query at slot i sees slots <= i.
+        Returns (logits [B, T, V] float32, or final-normed hidden [B, T, E] when return_hidden;
+        the updated cache or None).
+        """
+        c = self.config
+        if (ids is None) == (embeddings is None):
+            raise ValueError("GPT: pass exactly one of ids or embeddings")
+        x = self.embed(ids) if embeddings is None else embeddings.astype(c.dtype)
+        batch, length = x.shape[:2]
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+        if c.position_embedding == "learned":
+            x = x + self.pos_embed(positions)
+        start = jnp.asarray(0 if cache_index is None else cache_index, jnp.int32)
+        num_keys = length if cache is None else cache["k"].shape[2]
+        if attention_mask is None:
+            attention_mask = jnp.ones((batch, num_keys), bool)
+        query_slots = start + jnp.arange(length)
+        causal = jnp.arange(num_keys)[None, :] <= query_slots[:, None]  # [T, S]
+        mask = causal[None] & attention_mask[:, None, :].astype(bool)  # [B, T, S]
+        x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "embed"))
+        x, cache = self.layers(x, positions, mask, cache, start)
+        hidden = self.final_norm(x)
+        if return_hidden:
+            return hidden, cache
+        return self.logits(hidden), cache
+
+
+def init_cache(config: GPTConfig, batch: int, length: int, dtype: Any = None) -> Cache:
+    """An empty KV cache {"k", "v"}: [L, B, length, K, D] in the compute dtype (or `dtype`)."""
+    shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+    dtype = dtype or config.dtype
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def init_params(config: GPTConfig, rng: jax.Array) -> Any:
+    """Random parameters (boxed with logical axes) for `config`: {"params": ...}."""
+    ids = jnp.zeros((1, 8), jnp.int32)
+    return GPT(config).init(rng, ids)

@@ -1,0 +1,275 @@
+"""Transformer building blocks whose every parameter carries logical axis names.
+
+Logical axes used: `vocab`, `embed`, `heads`, `kv_heads`, `head_dim`, `mlp`, `positions`
+(and `layers`, added by the GPT's scan over blocks). `ptlearn.sharding` maps them to mesh axes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = jnp.dtype | str
+
+default_kernel_init = nn.initializers.normal(stddev=0.02)
+
+
+class DenseGeneral(nn.Module):
+    """A linear map contracting the last `in_dims` axes of `x` into `out_shape`.
+
+    x: [..., *in_shape] -> [..., *out_shape]; kernel: [*in_shape, *out_shape] with `kernel_axes`.
+    """
+
+    out_shape: Sequence[int]
+    kernel_axes: Sequence[str]
+    in_dims: int = 1
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: nn.initializers.Initializer = default_kernel_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_shape = x.shape[x.ndim - self.in_dims :]
+        out_shape = tuple(self.out_shape)
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(self.kernel_init, tuple(self.kernel_axes)),
+            in_shape + out_shape,
+            self.param_dtype,
+        )
+        contract = (tuple(range(x.ndim - self.in_dims, x.ndim)), tuple(range(self.in_dims)))
+        y = jax.lax.dot_general(
+            x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ()))
+        )
+        if self.use_bias:
+            bias_axes = tuple(self.kernel_axes[self.in_dims :])
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
+                out_shape,
+                self.param_dtype,
+            )
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class Embed(nn.Module):
+    """A lookup table [num_embeddings, features]; `attend` reuses it as a tied output head."""
+
+    num_embeddings: int
+    features: int
+    axes: tuple[str, str] = ("vocab", "embed")
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self) -> None:
+        self.embedding = self.param(
+            "embedding",
+            nn.with_logical_partitioning(default_kernel_init, self.axes),
+            (self.num_embeddings, self.features),
+            self.param_dtype,
+        )
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        """ids: [B, T] int -> [B, T, features] in `dtype`."""
+        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """x: [B, T, features] -> [B, T, num_embeddings] (x times the table's transpose)."""
+        return jnp.einsum("btd,vd->btv", x.astype(self.dtype), self.embedding.astype(self.dtype))
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Llama); statistics in float32 whatever the compute dtype."""
+
+    eps: float = 1e-6
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+            (x.shape[-1],),
+            self.param_dtype,
+        )
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (normed.astype(self.dtype) * scale.astype(self.dtype)).astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with scale and bias (GPT-2 / Megatron); statistics in float32."""
+
+    eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+            (features,),
+            self.param_dtype,
+        )
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            (features,),
+            self.param_dtype,
+        )
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        normed = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (normed * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
+def make_norm(kind: str, eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.Module:
+    """`rmsnorm` or `layernorm`, by config name."""
+    if kind == "rmsnorm":
+        return RMSNorm(eps=eps, dtype=dtype, param_dtype=param_dtype, name=name)
+    if kind == "layernorm":
+        return LayerNorm(eps=eps, dtype=dtype, param_dtype=param_dtype, name=name)
+    raise ValueError(f"unknown norm {kind!r}: use 'rmsnorm' or 'layernorm'")
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
+    """Rotary position embedding, half-split layout (HF Llama's `rotate_half`).
+
+    x: [B, T, N, D]; positions: [B, T] int -> [B, T, N, D].
+    """
+    head_dim = x.shape[-1]
+    inv_freq = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, D/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+def dot_product_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, dtype: Dtype
+) -> jax.Array:
+    """Grouped-query attention with softmax in float32.
+
+    q: [B, T, N, D]; k, v: [B, S, K, D] with N a multiple of K; mask: [B, T, S] bool (True = may
+    attend) -> [B, T, N, D].
+    """
+    batch, length, num_heads, head_dim = q.shape
+    num_kv_heads = k.shape[2]
+    q = q.reshape(batch, length, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores / jnp.sqrt(jnp.float32(head_dim))
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", weights, v.astype(dtype))
+    return out.reshape(batch, length, num_heads, head_dim)
+
+
+class Attention(nn.Module):
+    """Multi-head / grouped-query self-attention with optional RoPE and a preallocated KV cache."""
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    use_bias: bool
+    rope_base: float | None  # None: positions are added to the input instead (GPT-2)
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        mask: jax.Array,
+        cache: dict[str, jax.Array] | None,
+        cache_index: jax.Array | None,
+    ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+        """x: [B, T, E]; positions: [B, T]; mask: [B, T, S] bool; cache k/v: [B, S, K, D].
+
+        Without a cache S = T. With one, the new keys are written at `cache_index` and the
+        queries attend over all S cache slots (the mask says which are valid).
+        Returns ([B, T, E], the updated cache or None).
+        """
+        features = x.shape[-1]
+
+        def projection(num: int, axes: tuple[str, str, str], name: str) -> nn.Module:
+            return DenseGeneral(
+                (num, self.head_dim),
+                axes,
+                use_bias=self.use_bias,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=name,
+            )
+
+        q = projection(self.num_heads, ("embed", "heads", "head_dim"), "query")(x)
+        k = projection(self.num_kv_heads, ("embed", "kv_heads", "head_dim"), "key")(x)
+        v = projection(self.num_kv_heads, ("embed", "kv_heads", "head_dim"), "value")(x)
+        if self.rope_base is not None:
+            q = apply_rope(q, positions, self.rope_base)
+            k = apply_rope(k, positions, self.rope_base)
+        new_cache = None
+        if cache is not None:
+            start = (0, cache_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
+            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
+            new_cache = {"k": k, "v": v}
+        out = dot_product_attention(q, k, v, mask, self.dtype)
+        out = DenseGeneral(
+            (features,),
+            ("heads", "head_dim", "embed"),
+            in_dims=2,
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="out",
+        )(out)
+        return out, new_cache
+
+
+class MLP(nn.Module):
+    """SwiGLU (gate, up, down) or GELU (up, down) feed-forward block."""
+
+    hidden: int
+    activation: str  # "swiglu" | "gelu" | "gelu_tanh"
+    use_bias: bool
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [B, T, E] -> [B, T, E]."""
+        features = x.shape[-1]
+
+        def dense(out: int, axes: tuple[str, str], name: str) -> nn.Module:
+            return DenseGeneral(
+                (out,),
+                axes,
+                use_bias=self.use_bias,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=name,
+            )
+
+        up = dense(self.hidden, ("embed", "mlp"), "up")(x)
+        if self.activation == "swiglu":
+            h = nn.silu(dense(self.hidden, ("embed", "mlp"), "gate")(x)) * up
+        elif self.activation == "gelu":
+            h = nn.gelu(up, approximate=False)
+        elif self.activation == "gelu_tanh":
+            h = nn.gelu(up, approximate=True)
+        else:
+            raise ValueError(f"unknown activation {self.activation!r}")
+        return dense(features, ("mlp", "embed"), "down")(h)
