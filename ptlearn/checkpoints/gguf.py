@@ -1,0 +1,200 @@
+"""GGUF (llama.cpp) importer: architecture from metadata, dequantised weights, tokenizer."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from ptlearn.checkpoints.loading import LoadedModel, check_params, stack_layers, unflatten
+from ptlearn.errors import CheckpointError
+from ptlearn.gpt import GPTConfig
+
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "gpt2")
+
+
+def open_reader(path: str | pathlib.Path) -> Any:
+    """A `gguf.GGUFReader` for `path`, or a CheckpointError naming the file."""
+    import gguf
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such GGUF file")
+    try:
+        return gguf.GGUFReader(str(path))
+    except Exception as err:  # the reader raises assorted errors on corrupt files
+        raise CheckpointError(f"{path}: not a readable GGUF file ({err})") from err
+
+
+def metadata_value(reader: Any, key: str, default: Any = None) -> Any:
+    """The metadata value under `key` as a Python value, or `default` when absent."""
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+def read_config(reader: Any, source: str) -> GPTConfig:
+    """GPTConfig from the `{arch}.*` metadata keys."""
+    arch = metadata_value(reader, "general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise CheckpointError(
+            f"{source}: GGUF architecture {arch!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+
+    def get(key: str, default: Any = None) -> Any:
+        value = metadata_value(reader, f"{arch}.{key}", default)
+        if value is None:
+            raise CheckpointError(f"{source}: GGUF metadata lacks {arch}.{key}")
+        return value
+
+    hidden = int(get("embedding_length"))
+    heads = int(get("attention.head_count"))
+    embed_shape = next(t.shape for t in reader.tensors if t.name == "token_embd.weight")
+    vocab = int(metadata_value(reader, f"{arch}.vocab_size", int(embed_shape[-1])))
+    has_output = any(t.name == "output.weight" for t in reader.tensors)
+    if arch == "gpt2":
+        return GPTConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            num_layers=int(get("block_count")),
+            num_heads=heads,
+            num_kv_heads=heads,
+            head_dim=hidden // heads,
+            ffn_hidden_size=int(get("feed_forward_length")),
+            max_position_embeddings=int(get("context_length")),
+            position_embedding="learned",
+            norm="layernorm",
+            norm_eps=float(get("attention.layer_norm_epsilon", 1e-5)),
+            activation="gelu_tanh",
+            use_bias=True,
+            tie_embeddings=not has_output,
+        )
+    return GPTConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_layers=int(get("block_count")),
+        num_heads=heads,
+        num_kv_heads=int(get("attention.head_count_kv", heads)),
+        head_dim=int(get("rope.dimension_count", hidden // heads)),
+        ffn_hidden_size=int(get("feed_forward_length")),
+        max_position_embeddings=int(get("context_length")),
+        norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_base=float(get("rope.freq_base", 10000.0)),
+        tie_embeddings=not has_output,
+    )
+
+
+def dequantize(tensor: Any) -> np.ndarray:
+    """A GGUF tensor as float32 in PyTorch layout ([out, in] for matrices)."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize as gguf_dequantize
+
+    shape = tuple(int(d) for d in reversed(tensor.shape))  # GGUF lists the fastest dim first
+    kind = GGMLQuantizationType(tensor.tensor_type)
+    if kind in (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16):
+        data = np.asarray(tensor.data)
+        if kind == GGMLQuantizationType.BF16:
+            data = gguf_dequantize(data, kind)
+    else:
+        try:
+            data = gguf_dequantize(np.asarray(tensor.data), kind)
+        except NotImplementedError as err:
+            raise CheckpointError(
+                f"tensor {tensor.name}: quantisation {kind.name} cannot be dequantised "
+                "by the installed gguf package"
+            ) from err
+    return np.asarray(data, dtype=np.float32).reshape(shape)
+
+
+def unpermute_rope_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
+    """Undo llama.cpp's per-head interleaving of Q/K rows (back to the half-split layout).
+
+    weight: [num_heads * head_dim, in] -> same shape.
+    """
+    out_dim, in_dim = weight.shape
+    half = out_dim // num_heads // 2
+    return weight.reshape(num_heads, half, 2, in_dim).swapaxes(1, 2).reshape(out_dim, in_dim)
+
+
+def _llama_layer(t: dict[str, np.ndarray], config: GPTConfig) -> dict[str, np.ndarray]:
+    c = config
+    q = unpermute_rope_rows(t["attn_q.weight"], c.num_heads)
+    k = unpermute_rope_rows(t["attn_k.weight"], c.num_kv_heads)
+    return {
+        "attn_norm/scale": t["attn_norm.weight"],
+        "mlp_norm/scale": t["ffn_norm.weight"],
+        "attn/query/kernel": q.T.reshape(c.hidden_size, c.num_heads, c.head_dim),
+        "attn/key/kernel": k.T.reshape(c.hidden_size, c.num_kv_heads, c.head_dim),
+        "attn/value/kernel": t["attn_v.weight"].T.reshape(
+            c.hidden_size, c.num_kv_heads, c.head_dim
+        ),
+        "attn/out/kernel": t["attn_output.weight"].T.reshape(
+            c.num_heads, c.head_dim, c.hidden_size
+        ),
+        "mlp/gate/kernel": t["ffn_gate.weight"].T,
+        "mlp/up/kernel": t["ffn_up.weight"].T,
+        "mlp/down/kernel": t["ffn_down.weight"].T,
+    }
+
+
+def _gpt2_layer(t: dict[str, np.ndarray], config: GPTConfig) -> dict[str, np.ndarray]:
+    c = config
+    qkv_w = t["attn_qkv.weight"].T  # [E, 3E], q | k | v
+    qkv_b = t["attn_qkv.bias"]
+    layer = {
+        "attn_norm/scale": t["attn_norm.weight"],
+        "attn_norm/bias": t["attn_norm.bias"],
+        "mlp_norm/scale": t["ffn_norm.weight"],
+        "mlp_norm/bias": t["ffn_norm.bias"],
+        "attn/out/kernel": t["attn_output.weight"].T.reshape(
+            c.num_heads, c.head_dim, c.hidden_size
+        ),
+        "attn/out/bias": t["attn_output.bias"],
+        "mlp/up/kernel": t["ffn_up.weight"].T,
+        "mlp/up/bias": t["ffn_up.bias"],
+        "mlp/down/kernel": t["ffn_down.weight"].T,
+        "mlp/down/bias": t["ffn_down.bias"],
+    }
+    for i, name in enumerate(("query", "key", "value")):
+        cols = slice(i * c.hidden_size, (i + 1) * c.hidden_size)
+        layer[f"attn/{name}/kernel"] = qkv_w[:, cols].reshape(
+            c.hidden_size, c.num_heads, c.head_dim
+        )
+        layer[f"attn/{name}/bias"] = qkv_b[cols].reshape(c.num_heads, c.head_dim)
+    return layer
+
+
+def load(path: str | pathlib.Path, *, with_tokenizer: bool = True) -> LoadedModel:
+    """Reads a GGUF file: config from metadata, every tensor dequantised to float32."""
+    source = str(path)
+    reader = open_reader(path)
+    config = read_config(reader, source)
+    tensors = {t.name: t for t in reader.tensors}
+    arch = metadata_value(reader, "general.architecture")
+    layer_fn = _gpt2_layer if arch == "gpt2" else _llama_layer
+    per_layer = []
+    for i in range(config.num_layers):
+        prefix = f"blk.{i}."
+        names = [n for n in tensors if n.startswith(prefix)]
+        layer_tensors = {n[len(prefix) :]: dequantize(tensors[n]) for n in names}
+        try:
+            per_layer.append(layer_fn(layer_tensors, config))
+        except KeyError as err:
+            raise CheckpointError(f"{source}: layer {i} lacks tensor {err.args[0]}") from err
+    flat = {"embed/embedding": dequantize(tensors["token_embd.weight"])}
+    flat["final_norm/scale"] = dequantize(tensors["output_norm.weight"])
+    if "output_norm.bias" in tensors:
+        flat["final_norm/bias"] = dequantize(tensors["output_norm.bias"])
+    if "position_embd.weight" in tensors:
+        flat["pos_embed/embedding"] = dequantize(tensors["position_embd.weight"])
+    if "output.weight" in tensors:
+        flat["head/kernel"] = dequantize(tensors["output.weight"]).T
+    params = {**unflatten(flat), "layers": stack_layers(per_layer)}
+    params = check_params(config, params, source)
+    tokenizer = None
+    if with_tokenizer:
+        from ptlearn import tokenizers
+
+        tokenizer = tokenizers.from_gguf(reader)
+    return LoadedModel(config=config, params=params, tokenizer=tokenizer, source=source)
