@@ -1,0 +1,143 @@
+"""Reading and writing task .jsonl files, with errors that name the file and line at fault.
+
+A task file holds one JSON object a line; every object has a ``taskname`` (SPEC.md section 2).
+"""
+
+import json
+import os
+import pathlib
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+
+from ptlearn.errors import DataError
+
+PathLike = str | os.PathLike
+
+
+def iter_jsonl(path: PathLike, *, required_keys: Sequence[str] = ()) -> Iterator[dict]:
+    """Yields the records of a jsonl file one at a time, checking each as it is read.
+
+    Args:
+      path: a utf-8 file with one JSON object a line; blank lines are skipped.
+      required_keys: keys every record must have besides ``taskname``.
+
+    Yields:
+      dict: one record per non-blank line, in file order.
+
+    Raises:
+      DataError: the file is missing or unreadable, or a line is not valid utf-8 / JSON, is not
+        an object, or lacks ``taskname`` or a required key; the message names ``file:line``.
+    """
+    path = pathlib.Path(path)
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file; check the path of the jsonl data set") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror})") from None
+    with handle:
+        # Split on b"\n" only: str.splitlines would also break on U+2028 inside JSON strings.
+        for line_number, raw_line in enumerate(handle, start=1):
+            record = _parse_line(path, line_number, raw_line, required_keys)
+            if record is not None:
+                yield record
+
+
+def read_jsonl(path: PathLike, *, required_keys: Sequence[str] = ()) -> list[dict]:
+    """Reads a whole jsonl file into a list of records; see ``iter_jsonl`` for the checks.
+
+    Returns:
+      list[dict]: the records in file order (blank lines skipped).
+    """
+    return list(iter_jsonl(path, required_keys=required_keys))
+
+
+def _parse_line(
+    path: pathlib.Path, line_number: int, raw_line: bytes, required_keys: Sequence[str]
+) -> dict | None:
+    """Parses one raw line into a checked record, or None for a blank line."""
+    where = f"{path}:{line_number}"
+    try:
+        text = raw_line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{where}: not valid utf-8 (byte {err.start + 1}); re-save the file as utf-8"
+        ) from None
+    if line_number == 1:
+        # Editors on Windows often prepend a byte-order mark that json.loads rejects.
+        text = text.removeprefix("\ufeff")
+    if not text.strip():
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"{where}: invalid JSON ({err.msg} at column {err.colno}); "
+            "each line must hold one complete JSON object"
+        ) from None
+    if not isinstance(record, dict):
+        raise DataError(
+            f"{where}: expected a JSON object, got {type(record).__name__}; "
+            'each line must look like {"taskname": ..., <fields>}'
+        )
+    if "taskname" not in record:
+        raise DataError(f"{where}: missing 'taskname'; every record must name its task")
+    taskname = record["taskname"]
+    if not isinstance(taskname, str) or not taskname:
+        raise DataError(f"{where}: 'taskname' must be a non-empty string, got {taskname!r}")
+    for key in required_keys:
+        if key not in record:
+            raise DataError(
+                f"{where}: record of task {taskname!r} lacks required key {key!r} "
+                f"(it has {sorted(record)})"
+            )
+    return record
+
+
+def write_jsonl(path: PathLike, records: Iterable[dict]) -> int:
+    """Writes records as utf-8 jsonl, one object a line, atomically (temp file, then rename).
+
+    Args:
+      path: the destination; its parent folders are created. An existing file is replaced only
+        once every record has been written, so a failure never leaves a half-written file.
+      records: JSON-serialisable dicts, written in order with their key order kept.
+
+    Returns:
+      int: the number of records written.
+
+    Raises:
+      DataError: a record is not a dict or not JSON-serialisable, or the file cannot be written.
+    """
+    path = pathlib.Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temp_name = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        )
+    except OSError as err:
+        raise DataError(f"{path}: cannot be written ({err.strerror})") from None
+    count = 0
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as handle:
+            for count, record in enumerate(records, start=1):
+                handle.write(_dump_record(path, count, record))
+                handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException as err:
+        pathlib.Path(temp_name).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise DataError(f"{path}: cannot be written ({err.strerror or err})") from None
+        raise
+    return count
+
+
+def _dump_record(path: pathlib.Path, index: int, record: dict) -> str:
+    """Serialises one record to a single line; ``index`` is 1-based, for the error message."""
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: record {index} is a {type(record).__name__}, not a dict")
+    try:
+        return json.dumps(record, ensure_ascii=False)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{path}: record {index} is not JSON-serialisable ({err})") from None
