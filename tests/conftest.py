@@ -20,3 +20,15 @@ def shared_dir() -> pathlib.Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is absent: the shared data and reference outputs are not here")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The real default model (SmolLM2-135M-Instruct), loaded once; skips when not installed."""
+    from ptlearn.checkpoints import load_model
+    from ptlearn.errors import CheckpointError
+
+    try:
+        return load_model("default")
+    except CheckpointError as err:
+        pytest.skip(str(err))

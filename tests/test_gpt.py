@@ -1,0 +1,127 @@
+"""The GPT on tiny random models: cache, embeddings input, dtypes, remat, logical axes."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ptlearn import gpt
+
+
+def _model(name, **changes):
+    config = gpt.VARIANTS[name].replace(**changes)
+    params = nn.unbox(gpt.init_params(config, jax.random.key(0)))
+    return config, gpt.GPT(config), params
+
+
+@pytest.mark.parametrize("name", ["test", "test-gpt2"])
+def test_incremental_decoding_matches_full_forward(name):
+    config, model, params = _model(name)
+    ids = jax.random.randint(jax.random.key(1), (2, 12), 0, config.vocab_size)
+    full, _ = jax.jit(model.apply)(params, ids)
+    cache = gpt.init_cache(config, 2, 16)
+    mask = jnp.ones((2, 16), bool)
+    step = jax.jit(
+        lambda p, i, pos, c, idx: model.apply(
+            p, i, positions=pos, cache=c, cache_index=idx, attention_mask=mask
+        )
+    )
+    first, cache = step(params, ids[:, :7], jnp.broadcast_to(jnp.arange(7), (2, 7)), cache, 0)
+    pieces = [first]
+    for t in range(7, 12):
+        logits, cache = step(params, ids[:, t : t + 1], jnp.full((2, 1), t), cache, t)
+        pieces.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(pieces, 1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["test", "test-gpt2"])
+def test_embeddings_input_is_the_injection_point(name):
+    config, model, params = _model(name)
+    ids = jax.random.randint(jax.random.key(2), (3, 9), 0, config.vocab_size)
+    from_ids, _ = model.apply(params, ids)
+    embeddings = model.apply(params, ids, method=gpt.GPT.embed_tokens)
+    assert embeddings.shape == (3, 9, config.hidden_size)
+    from_embeddings, _ = model.apply(params, embeddings=embeddings)
+    np.testing.assert_allclose(from_embeddings, from_ids, atol=1e-6)
+    # A changed row of embeddings changes the logits from that position on, never before.
+    # (a random direction: a constant shift would vanish under LayerNorm's mean subtraction)
+    changed = embeddings.at[:, 4].add(jax.random.normal(jax.random.key(9), (config.hidden_size,)))
+    out, _ = model.apply(params, embeddings=changed)
+    np.testing.assert_allclose(out[:, :4], from_ids[:, :4], atol=1e-6)
+    assert np.abs(out[:, 4:] - from_ids[:, 4:]).max() > 1e-3
+
+
+def test_padding_mask_and_positions_isolate_left_padding():
+    config, model, params = _model("test")
+    ids = jax.random.randint(jax.random.key(3), (1, 6), 0, config.vocab_size)
+    alone, _ = model.apply(params, ids)
+    padded = jnp.concatenate([jnp.zeros((1, 3), jnp.int32), ids], 1)
+    mask = jnp.array([[False] * 3 + [True] * 6])
+    positions = jnp.maximum(jnp.cumsum(mask, 1) - 1, 0)
+    out, _ = model.apply(params, padded, positions=positions, attention_mask=mask)
+    np.testing.assert_allclose(out[:, 3:], alone, atol=1e-5)
+
+
+def test_bfloat16_compute_and_params():
+    config, model, params = _model("test", dtype="bfloat16")
+    ids = jnp.arange(10)[None] % config.vocab_size
+    out32, _ = gpt.GPT(config.replace(dtype="float32")).apply(params, ids)
+    out16, _ = model.apply(params, ids)
+    assert out16.dtype == jnp.float32  # logits are returned in float32
+    np.testing.assert_allclose(out16, out32, atol=0.1)
+    bf16_params = nn.unbox(
+        gpt.init_params(config.replace(param_dtype="bfloat16"), jax.random.key(0))
+    )
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(bf16_params))
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_activation_checkpointing_keeps_gradients(policy):
+    config, model, params = _model("test")
+    remat_model = gpt.GPT(config.replace(remat_policy=policy))
+    ids = jax.random.randint(jax.random.key(4), (2, 8), 0, config.vocab_size)
+
+    def loss(m):
+        def fn(embeddings):
+            logits, _ = m.apply(params, embeddings=embeddings)
+            return jnp.mean(jax.nn.logsumexp(logits, -1))
+
+        return fn
+
+    embeddings = model.apply(params, ids, method=gpt.GPT.embed_tokens)
+    plain = jax.jit(jax.grad(loss(model)))(embeddings)
+    checkpointed = jax.jit(jax.grad(loss(remat_model)))(embeddings)
+    np.testing.assert_allclose(checkpointed, plain, atol=1e-6)
+
+
+def test_every_parameter_has_logical_axes():
+    for name in ["test", "test-gpt2"]:
+        boxed = gpt.init_params(gpt.VARIANTS[name], jax.random.key(0))
+        leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+        for leaf in leaves:
+            assert isinstance(leaf, nn.Partitioned)
+            assert len(leaf.names) == leaf.value.ndim
+            assert set(leaf.names) <= {
+                "vocab",
+                "embed",
+                "heads",
+                "kv_heads",
+                "head_dim",
+                "mlp",
+                "positions",
+                "layers",
+            }
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="norm"):
+        gpt.VARIANTS["test"].replace(norm="batchnorm")
+    with pytest.raises(ValueError, match="multiple"):
+        gpt.VARIANTS["test"].replace(num_kv_heads=3)
+
+
+def test_variants_parameter_counts():
+    assert abs(gpt.VARIANTS["smollm2-135m"].num_params - 134.5e6) < 1e6
+    assert abs(gpt.VARIANTS["gpt-345m"].num_params - 355e6) < 10e6
+    assert abs(gpt.VARIANTS["test-1b"].num_params - 1.0e9) < 0.2e9
