@@ -1,0 +1,213 @@
+"""Hugging Face folders written from known parameters load back to the same logits."""
+
+import json
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+import torch_format
+from safetensors.numpy import save_file
+
+from ptlearn import gpt
+from ptlearn.checkpoints import hf
+from ptlearn.errors import CheckpointError
+
+
+def random_params(config, seed=0):
+    params = nn.unbox(gpt.init_params(config, jax.random.key(seed)))["params"]
+    return jax.tree.map(np.array, params)  # writable copies
+
+
+def logits(config, params, ids):
+    return jax.jit(lambda p: gpt.GPT(config).apply({"params": p}, ids)[0])(params)
+
+
+IDS = np.random.default_rng(0).integers(0, 256, (2, 11)).astype(np.int32)
+
+
+def gpt2_files(config, params):
+    """(config.json dict, {name: array}) in GPT2LMHeadModel's layout (Conv1D [in, out])."""
+    layers, e = params["layers"], config.hidden_size
+    sd = {
+        "transformer.wte.weight": params["embed"]["embedding"],
+        "transformer.wpe.weight": params["pos_embed"]["embedding"],
+        "transformer.ln_f.weight": params["final_norm"]["scale"],
+        "transformer.ln_f.bias": params["final_norm"]["bias"],
+        "lm_head.weight": params["embed"]["embedding"],
+    }
+    attn = layers["attn"]
+    for i in range(config.num_layers):
+        p = f"transformer.h.{i}."
+        qkv = [attn[n]["kernel"][i].reshape(e, -1) for n in ("query", "key", "value")]
+        sd |= {
+            p + "ln_1.weight": layers["attn_norm"]["scale"][i],
+            p + "ln_1.bias": layers["attn_norm"]["bias"][i],
+            p + "attn.c_attn.weight": np.concatenate(qkv, axis=1),
+            p + "attn.c_attn.bias": np.concatenate(
+                [attn[n]["bias"][i].reshape(-1) for n in ("query", "key", "value")]
+            ),
+            p + "attn.c_proj.weight": attn["out"]["kernel"][i].reshape(-1, e),
+            p + "attn.c_proj.bias": attn["out"]["bias"][i],
+            # The causal-mask buffer old GPT-2 files carry: not a weight.
+            p + "attn.bias": np.tril(np.ones((1, 1, 8, 8), np.float32)),
+            p + "ln_2.weight": layers["mlp_norm"]["scale"][i],
+            p + "ln_2.bias": layers["mlp_norm"]["bias"][i],
+            p + "mlp.c_fc.weight": layers["mlp"]["up"]["kernel"][i],
+            p + "mlp.c_fc.bias": layers["mlp"]["up"]["bias"][i],
+            p + "mlp.c_proj.weight": layers["mlp"]["down"]["kernel"][i],
+            p + "mlp.c_proj.bias": layers["mlp"]["down"]["bias"][i],
+        }
+    hf_config = {
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_embd": e,
+        "n_layer": config.num_layers,
+        "n_head": config.num_heads,
+        "n_positions": config.max_position_embeddings,
+        "n_inner": config.ffn_hidden_size,
+        "layer_norm_epsilon": config.norm_eps,
+        "activation_function": "gelu_new",
+    }
+    return hf_config, sd
+
+
+def llama_files(config, params, model_type="llama"):
+    """(config.json dict, {name: array}) in LlamaForCausalLM's layout (Linear [out, in])."""
+    layers, e = params["layers"], config.hidden_size
+    attn, mlp = layers["attn"], layers["mlp"]
+    sd = {
+        "model.embed_tokens.weight": params["embed"]["embedding"],
+        "model.norm.weight": params["final_norm"]["scale"],
+    }
+    if not config.tie_embeddings:
+        sd["lm_head.weight"] = params["head"]["kernel"].T
+    for i in range(config.num_layers):
+        p = f"model.layers.{i}."
+        sd |= {
+            p + "input_layernorm.weight": layers["attn_norm"]["scale"][i],
+            p + "post_attention_layernorm.weight": layers["mlp_norm"]["scale"][i],
+            p + "self_attn.o_proj.weight": attn["out"]["kernel"][i].reshape(-1, e).T,
+            p + "mlp.gate_proj.weight": mlp["gate"]["kernel"][i].T,
+            p + "mlp.up_proj.weight": mlp["up"]["kernel"][i].T,
+            p + "mlp.down_proj.weight": mlp["down"]["kernel"][i].T,
+        }
+        for hf_name, name in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value")):
+            sd[p + f"self_attn.{hf_name}.weight"] = attn[name]["kernel"][i].reshape(e, -1).T
+            if config.use_bias:
+                sd[p + f"self_attn.{hf_name}.bias"] = attn[name]["bias"][i].reshape(-1)
+    hf_config = {
+        "model_type": model_type,
+        "vocab_size": config.vocab_size,
+        "hidden_size": e,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim,
+        "intermediate_size": config.ffn_hidden_size,
+        "max_position_embeddings": config.max_position_embeddings,
+        "rms_norm_eps": config.norm_eps,
+        "rope_theta": config.rope_base,
+        "hidden_act": "silu",
+        "tie_word_embeddings": config.tie_embeddings,
+    }
+    return hf_config, sd
+
+
+def write_folder(folder, hf_config, sd, fmt):
+    """Writes config.json and the weights as `fmt`: safetensors | bin, optionally '-sharded'."""
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(hf_config))
+    sd = {k: np.ascontiguousarray(v) for k, v in sd.items()}
+    kind, sharded = fmt.split("-")[0], fmt.endswith("-sharded")
+    ext, stem = (".safetensors", "model") if kind == "safetensors" else (".bin", "pytorch_model")
+
+    def write(tensors, path):
+        if kind == "safetensors":
+            save_file(tensors, str(path))
+        else:
+            torch_format.save(tensors, path, name=path.stem)
+
+    if not sharded:
+        write(sd, folder / (stem + ext))
+        return
+    names = sorted(sd)
+    shards = {f"{stem}-0000{j + 1}-of-00002{ext}": names[j::2] for j in range(2)}
+    for shard, keys in shards.items():
+        write({k: sd[k] for k in keys}, folder / shard)
+    weight_map = {k: shard for shard, keys in shards.items() for k in keys}
+    (folder / f"{stem}{ext}.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_gpt2_folder_gives_same_logits(tmp_path, fmt):
+    config = gpt.VARIANTS["test-gpt2"]
+    params = random_params(config)
+    write_folder(tmp_path / "gpt2", *gpt2_files(config, params), fmt)
+    loaded = hf.load(tmp_path / "gpt2")
+    assert loaded.config == config
+    assert loaded.tokenizer is None
+    np.testing.assert_allclose(
+        logits(config, loaded.params, IDS), logits(config, params, IDS), atol=1e-5, rtol=0
+    )
+
+
+@pytest.mark.parametrize("fmt", ["safetensors-sharded", "bin-sharded"])
+def test_llama_gqa_sharded_folder_gives_same_logits(tmp_path, fmt):
+    config = gpt.VARIANTS["test"]
+    assert config.num_kv_heads < config.num_heads
+    params = random_params(config, seed=1)
+    write_folder(tmp_path / "llama", *llama_files(config, params), fmt)
+    loaded = hf.load(tmp_path / "llama")
+    assert loaded.config == config
+    np.testing.assert_allclose(
+        logits(config, loaded.params, IDS), logits(config, params, IDS), atol=1e-5, rtol=0
+    )
+
+
+def test_qwen2_qkv_biases_and_untied_head(tmp_path):
+    config = gpt.VARIANTS["test"].replace(use_bias=True, tie_embeddings=False)
+    params = random_params(config, seed=2)
+    # Qwen2 has q/k/v biases only: the model it is equal to has zero output and MLP biases.
+    params["layers"]["attn"]["out"]["bias"][:] = 0
+    for name in ("gate", "up", "down"):
+        params["layers"]["mlp"][name]["bias"][:] = 0
+    for name in ("query", "key", "value"):  # init gives zero biases; make them matter
+        bias = params["layers"]["attn"][name]["bias"]
+        bias += np.random.default_rng(7).standard_normal(bias.shape).astype(np.float32)
+    write_folder(tmp_path / "qwen", *llama_files(config, params, "qwen2"), "safetensors")
+    loaded = hf.load(tmp_path / "qwen")
+    assert loaded.config == config
+    np.testing.assert_allclose(
+        logits(config, loaded.params, IDS), logits(config, params, IDS), atol=1e-5, rtol=0
+    )
+
+
+def test_bfloat16_bin_loads_as_float32(tmp_path):
+    import ml_dtypes
+
+    config = gpt.VARIANTS["test"]
+    params = random_params(config, seed=3)
+    hf_config, sd = llama_files(config, params)
+    sd = {k: v.astype(ml_dtypes.bfloat16) for k, v in sd.items()}
+    write_folder(tmp_path / "bf16", hf_config, sd, "bin")
+    loaded = hf.load(tmp_path / "bf16")
+    emb = loaded.params["embed"]["embedding"]
+    assert emb.dtype == np.float32
+    np.testing.assert_array_equal(emb, sd["model.embed_tokens.weight"].astype(np.float32))
+
+
+def test_unknown_model_type_and_stray_tensors_are_errors(tmp_path):
+    config = gpt.VARIANTS["test"]
+    hf_config, sd = llama_files(config, random_params(config))
+    write_folder(tmp_path / "bert", {**hf_config, "model_type": "bert"}, sd, "safetensors")
+    with pytest.raises(CheckpointError, match=r"config\.json.*'bert'.*gpt2, llama"):
+        hf.load(tmp_path / "bert")
+    sd["model.layers.0.self_attn.q_norm.weight"] = np.ones(16, np.float32)
+    write_folder(tmp_path / "stray", hf_config, sd, "safetensors")
+    with pytest.raises(CheckpointError, match="q_norm"):
+        hf.load(tmp_path / "stray")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text(json.dumps(hf_config))
+    with pytest.raises(CheckpointError, match="no weights found"):
+        hf.load(tmp_path / "empty")
