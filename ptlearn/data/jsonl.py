@@ -15,6 +15,14 @@ PathLike = str | os.PathLike
 
 
 def iter_jsonl(path: PathLike, *, required_keys: Sequence[str] = ()) -> Iterator[dict]:
+    """Yields the records of a jsonl file; see ``iter_numbered_jsonl`` for the checks."""
+    for _, record in iter_numbered_jsonl(path, required_keys=required_keys):
+        yield record
+
+
+def iter_numbered_jsonl(
+    path: PathLike, *, required_keys: Sequence[str] = ()
+) -> Iterator[tuple[int, dict]]:
     """Yields the records of a jsonl file one at a time, checking each as it is read.
 
     Args:
@@ -22,7 +30,7 @@ def iter_jsonl(path: PathLike, *, required_keys: Sequence[str] = ()) -> Iterator
       required_keys: keys every record must have besides ``taskname``.
 
     Yields:
-      dict: one record per non-blank line, in file order.
+      (line_number, record): one per non-blank line, in file order; line numbers are 1-based.
 
     Raises:
       DataError: the file is missing or unreadable, or a line is not valid utf-8 / JSON, is not
@@ -40,7 +48,7 @@ def iter_jsonl(path: PathLike, *, required_keys: Sequence[str] = ()) -> Iterator
         for line_number, raw_line in enumerate(handle, start=1):
             record = _parse_line(path, line_number, raw_line, required_keys)
             if record is not None:
-                yield record
+                yield line_number, record
 
 
 def read_jsonl(path: PathLike, *, required_keys: Sequence[str] = ()) -> list[dict]:

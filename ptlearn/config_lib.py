@@ -1,0 +1,231 @@
+"""The config tree (NeMo prompt-learning names, SPEC section 4), `parse_arg`, and validation.
+
+Experiment files in `configs/` start from `base_config()` and change what they need; the CLI
+locks the result so a mistyped `--config.x.y` is an error rather than a silently new key.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+from ptlearn.errors import ConfigError
+
+VIRTUAL_PROMPT_STYLES = ("prompt-tuning", "p-tuning", "inference")
+PRECISIONS = {"32": "float32", "bf16": "bfloat16", "16": "float16", "bf16-mixed": "bfloat16"}
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """`"model=default,encoder=lstm"` -> ConfigDict, typed after `defaults` (big_vision style).
+
+    A key without `=` is a flag set to True; values of keys absent from `defaults` stay strings.
+    """
+    result = ml_collections.ConfigDict(dict(defaults))
+    if not arg:
+        return result
+    for item in arg.split(","):
+        if not item:
+            continue
+        key, _, value = item.partition("=")
+        if key not in defaults:
+            raise ConfigError(
+                f"config argument {key!r} is not known; choose from: {', '.join(sorted(defaults))}"
+            )
+        default = defaults[key]
+        if not _:
+            result[key] = True
+        elif isinstance(default, bool):
+            result[key] = value.lower() in ("1", "true", "yes", "on")
+        elif isinstance(default, int | float):
+            result[key] = type(default)(value)
+        else:
+            result[key] = value
+    return result
+
+
+def task_template(
+    taskname: str,
+    prompt_template: str,
+    total_virtual_tokens: int,
+    virtual_token_splits: Sequence[int],
+    answer_field: str,
+    truncate_field: str | None = None,
+    answer_only_loss: bool = True,
+) -> ml_collections.ConfigDict:
+    """One entry of `model.task_templates` (SPEC section 3)."""
+    return ml_collections.ConfigDict(
+        {
+            "taskname": taskname,
+            "prompt_template": prompt_template,
+            "total_virtual_tokens": total_virtual_tokens,
+            "virtual_token_splits": tuple(virtual_token_splits),
+            "truncate_field": truncate_field,
+            "answer_only_loss": answer_only_loss,
+            "answer_field": answer_field,
+        }
+    )
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key a prompt-learning run reads, with NeMo's names and sensible defaults."""
+    c = ml_collections.ConfigDict()
+    c.trainer = dict(
+        devices=1,
+        num_nodes=1,
+        accelerator="auto",
+        precision="32",
+        max_epochs=10,
+        max_steps=-1,  # -1: max_epochs decides
+        max_time_minutes=0.0,  # 0: no wall-clock limit; else stop (and save) after this long
+        log_every_n_steps=10,
+        val_check_interval=100,  # steps between validations (and checkpoints)
+        limit_val_batches=0,  # 0: the whole validation set each time
+        gradient_clip_val=1.0,
+        resume_from_checkpoint="",
+    )
+    c.exp_manager = dict(
+        explicit_log_dir="",
+        resume_if_exists=True,
+        checkpoint_callback_params=dict(monitor="val_loss", save_top_k=2, mode="min"),
+    )
+    c.model = dict(
+        seed=1234,
+        nemo_path="",  # where the prompt model is written; default WORKDIR/prompt_model
+        virtual_prompt_style="p-tuning",
+        tensor_model_parallel_size=1,
+        pipeline_model_parallel_size=1,
+        global_batch_size=8,
+        micro_batch_size=8,
+        restore_path="",
+        language_model_path="default",
+        existing_tasks=(),
+        new_tasks=(),
+        task_templates=(),
+        sequence_parallel=False,
+        activations_checkpoint_granularity="",
+        activations_checkpoint_method="",
+        activations_checkpoint_num_layers=1,
+        max_seq_length=512,
+        # ptlearn: ordered (regex, "trainable"|"frozen") rules on "/"-joined parameter paths.
+        freeze_rules=(("lm/.*", "frozen"), ("prompt/.*", "trainable")),
+        prompt_tuning=dict(new_prompt_init_methods=("text",), new_prompt_init_text=("",)),
+        p_tuning=dict(
+            encoder_type="mlp", dropout=0.0, num_layers=2, encoder_hidden=2048, init_std=0.023
+        ),
+        data=dict(
+            train_ds=(),
+            validation_ds=(),
+            test_ds=(),
+            add_eos=True,
+            add_bos=False,
+            shuffle=True,
+            num_workers=0,
+            validation_metric_examples=200,  # examples decoded for task metrics per validation
+        ),
+        optim=dict(
+            name="adamw",
+            lr=1e-3,
+            weight_decay=0.0,
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            sched=dict(name="CosineAnnealing", warmup_steps=50, constant_steps=0, min_lr=1e-5),
+        ),
+    )
+    c.inference = inference_config()
+    return c
+
+
+def inference_config() -> ml_collections.ConfigDict:
+    """SPEC section 5's inference options, plus ptlearn's rank-classification switch."""
+    return ml_collections.ConfigDict(
+        dict(
+            greedy=True,
+            top_k=0,
+            top_p=1.0,
+            temperature=1.0,
+            tokens_to_generate=16,
+            add_BOS=False,
+            batch_size=16,
+            seed=0,
+            rank_classification=False,  # score each known label instead of generating
+        )
+    )
+
+
+def as_tuple(value: Any) -> tuple:
+    """A config value that may be a single item, a tuple/list, or a tuple written as a string."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith(("(", "[")):
+            try:
+                return tuple(ast.literal_eval(text))
+            except (ValueError, SyntaxError) as err:
+                raise ConfigError(f"cannot read {value!r} as a tuple: {err}") from err
+        return (value,)
+    if isinstance(value, Sequence):
+        return tuple(value)
+    return (value,)
+
+
+def dtype_of_precision(precision: Any) -> str:
+    """`trainer.precision` (32, bf16, 16, ...) -> the compute dtype name."""
+    key = str(precision)
+    if key not in PRECISIONS:
+        raise ConfigError(
+            f"trainer.precision={precision!r}: use one of {', '.join(sorted(PRECISIONS))}"
+        )
+    return PRECISIONS[key]
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks values that no type check catches; raises ConfigError naming the key."""
+    m = config.model
+    if m.virtual_prompt_style not in VIRTUAL_PROMPT_STYLES:
+        raise ConfigError(
+            f"model.virtual_prompt_style={m.virtual_prompt_style!r}: use one of "
+            f"{', '.join(VIRTUAL_PROMPT_STYLES)}"
+        )
+    if m.pipeline_model_parallel_size != 1:
+        raise ConfigError(
+            f"model.pipeline_model_parallel_size={m.pipeline_model_parallel_size}: pipeline "
+            "parallelism is not supported yet; use fsdp (mesh) or tensor parallelism instead"
+        )
+    if m.tensor_model_parallel_size < 1:
+        raise ConfigError("model.tensor_model_parallel_size must be >= 1")
+    if m.micro_batch_size < 1 or m.global_batch_size < 1:
+        raise ConfigError("model.global_batch_size and model.micro_batch_size must be >= 1")
+    if m.global_batch_size % m.micro_batch_size:
+        raise ConfigError(
+            f"model.global_batch_size={m.global_batch_size} is not a multiple of "
+            f"model.micro_batch_size={m.micro_batch_size}"
+        )
+    dtype_of_precision(config.trainer.precision)
+    if config.trainer.max_steps <= 0 and config.trainer.max_epochs <= 0:
+        raise ConfigError("set trainer.max_steps or trainer.max_epochs to a positive number")
+    if config.trainer.val_check_interval < 1 or config.trainer.log_every_n_steps < 1:
+        raise ConfigError("trainer.val_check_interval and trainer.log_every_n_steps must be >= 1")
+    monitor = config.exp_manager.checkpoint_callback_params
+    if monitor.mode not in ("min", "max"):
+        raise ConfigError("exp_manager.checkpoint_callback_params.mode must be 'min' or 'max'")
+    if monitor.save_top_k < 1:
+        raise ConfigError("exp_manager.checkpoint_callback_params.save_top_k must be >= 1")
+    if not as_tuple(m.new_tasks) and m.virtual_prompt_style != "inference":
+        raise ConfigError("model.new_tasks is empty: name the task(s) to train")
+    overlap = set(as_tuple(m.new_tasks)) & set(as_tuple(m.existing_tasks))
+    if overlap:
+        raise ConfigError(
+            f"model.new_tasks and model.existing_tasks both name {sorted(overlap)}; a task is "
+            "either trained anew or kept from restore_path"
+        )
+    if as_tuple(m.existing_tasks) and not m.restore_path:
+        raise ConfigError(
+            "model.existing_tasks needs model.restore_path: the prompt model that holds them"
+        )
+    for key in ("lr", "weight_decay"):
+        if m.optim[key] < 0:
+            raise ConfigError(f"model.optim.{key} must be >= 0")

@@ -1,0 +1,104 @@
+"""Batches of encoded examples: length buckets, deterministic epochs, resumable positions.
+
+A training epoch's batch order is a pure function of (seed, epoch), so resuming only needs the
+epoch and the index of the next batch. Within an epoch, examples are shuffled, grouped into
+windows of a few dozen batches, and sorted by length inside each window, so a batch holds
+examples of similar length (little padding) while the batch order stays random.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+SORT_WINDOW_BATCHES = 32
+
+
+def bucket_length(length: int, max_length: int) -> int:
+    """Pads `length` up to few distinct values (multiples of 16, then of 64), at most max_length."""
+    step = 16 if length <= 256 else 64
+    return min(-(-length // step) * step, max_length)
+
+
+def epoch_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool = True,
+    drop_last: bool = True,
+) -> list[np.ndarray]:
+    """The example indices of each batch of one epoch, in order.
+
+    lengths: [N] token counts. Returns a list of [batch_size] int arrays (the last one shorter
+    when drop_last is False). Same (seed, epoch) -> same batches.
+    """
+    count = len(lengths)
+    lengths = np.asarray(lengths)
+    if not shuffle:
+        order = np.arange(count)
+    else:
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(count)
+        window = batch_size * SORT_WINDOW_BATCHES
+        chunks = [order[i : i + window] for i in range(0, count, window)]
+        order = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in chunks])
+    batches = [order[i : i + batch_size] for i in range(0, count, batch_size)]
+    if batches and len(batches[-1]) < batch_size and drop_last:
+        batches.pop()
+    if shuffle:
+        batches = [
+            batches[i] for i in np.random.default_rng([seed, epoch, 1]).permutation(len(batches))
+        ]
+    return batches
+
+
+def collate(
+    examples: Sequence[Any],
+    task_index: Mapping[str, int],
+    *,
+    batch_size: int,
+    max_length: int,
+    pad_id: int,
+    left_pad: bool = False,
+) -> Batch:
+    """Stacks encoded examples (templates.EncodedExample) into padded arrays.
+
+    Rows beyond len(examples) are padding rows with weight 0. Right padding for training,
+    left padding (`left_pad`) for decoding. Returns ids, virtual_index, loss_mask, positions,
+    attention_mask: [batch_size, T] (T = bucket of the longest row); task_id, weight: [batch_size].
+    """
+    longest = max(len(e.ids) for e in examples)
+    length = bucket_length(longest, max(max_length, longest))
+    batch = {
+        "ids": np.full((batch_size, length), pad_id, np.int32),
+        "virtual_index": np.full((batch_size, length), -1, np.int32),
+        "loss_mask": np.zeros((batch_size, length), np.float32),
+        "positions": np.zeros((batch_size, length), np.int32),
+        "attention_mask": np.zeros((batch_size, length), bool),
+        "task_id": np.zeros((batch_size,), np.int32),
+        "weight": np.zeros((batch_size,), np.float32),
+    }
+    for row, example in enumerate(examples):
+        n = len(example.ids)
+        cols = slice(length - n, length) if left_pad else slice(0, n)
+        batch["ids"][row, cols] = example.ids
+        batch["virtual_index"][row, cols] = example.virtual_index
+        batch["loss_mask"][row, cols] = example.loss_mask
+        batch["positions"][row, cols] = np.arange(n)
+        batch["attention_mask"][row, cols] = True
+        batch["task_id"][row] = task_index[example.taskname]
+        batch["weight"][row] = 1.0
+    return batch
+
+
+def split_micro_batches(batch: Batch, num_micro: int) -> Batch:
+    """[G, ...] arrays -> [num_micro, G // num_micro, ...] for gradient accumulation."""
+    return {
+        k: v.reshape(num_micro, v.shape[0] // num_micro, *v.shape[1:]) for k, v in batch.items()
+    }
