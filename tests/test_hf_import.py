@@ -152,6 +152,18 @@ def test_gpt2_folder_gives_same_logits(tmp_path, fmt):
     )
 
 
+def test_folder_with_tokenizer_files_loads_the_tokenizer(tmp_path):
+    config = gpt.VARIANTS["test-gpt2"]
+    folder = tmp_path / "gpt2"
+    write_folder(folder, *gpt2_files(config, random_params(config)), "safetensors")
+    (folder / "vocab.json").write_text(json.dumps({"a": 0, "b": 1, "ab": 2, "<|endoftext|>": 3}))
+    (folder / "merges.txt").write_text("#version: 0.2\na b\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    tokenizer = hf.load(folder).tokenizer
+    assert tokenizer.encode("abab") == [2, 2]
+    assert tokenizer.eos_id == 3
+
+
 @pytest.mark.parametrize("fmt", ["safetensors-sharded", "bin-sharded"])
 def test_llama_gqa_sharded_folder_gives_same_logits(tmp_path, fmt):
     config = gpt.VARIANTS["test"]
