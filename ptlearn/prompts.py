@@ -1,0 +1,474 @@
+"""Virtual prompts: per-task prompt tables (prompt tuning) and prompt encoders (p-tuning).
+
+Prompt parameters live in their own tree, one leaf group per task so that tasks can be frozen or
+added independently:
+
+  prompt tuning:  {"tables": {task: [P_task, E]}}
+  p-tuning:       {"inputs": {task: [P_task, E_in]}, "encoder": {...}}
+
+One encoder is shared by all tasks trained together; each task feeds it its own learned inputs,
+so tasks get distinct prompts. A tree may hold both groups (old tasks frozen into tables, new
+tasks still being p-tuned). `prompt_tables` turns the tree into one [num_tasks, P_max, E] array
+per step and `combine` writes its rows into the virtual-token slots of the token embeddings.
+
+Logical axes: `prompt_tokens` (the P virtual tokens), `prompt_embed` (E or E_in),
+`prompt_hidden` (encoder hidden, replicated) and `prompt_mlp` (tpmlp's hidden, which the
+sharding rules map to the model axis). Init functions return parameters boxed with these axes
+(as `gpt.init_params` does); every other function also accepts plain (unboxed) arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ptlearn import layers
+from ptlearn.errors import ConfigError
+
+PROMPT_STYLES = ("prompt-tuning", "p-tuning", "inference")
+INIT_METHODS = ("text", "random", "vocab", "labels")
+ENCODER_TYPES = ("mlp", "lstm", "biglstm", "tpmlp")
+TABLE_AXES = ("prompt_tokens", "prompt_embed")
+# Low ids are the most frequent tokens in BPE vocabularies (merges are learned by frequency).
+VOCAB_INIT_TOP = 5000
+
+PromptParams = dict[str, Any]
+
+
+def _check_task_name(task: str) -> None:
+    if not isinstance(task, str) or not task or "/" in task:
+        raise ConfigError(
+            f"model.new_tasks: task name {task!r} must be a non-empty string without '/' "
+            "(it becomes a parameter path component)"
+        )
+
+
+def _box_table(table: jax.Array) -> nn.Partitioned:
+    return nn.Partitioned(table, names=TABLE_AXES)
+
+
+# --------------------------------------------------------------------------------------------
+# Prompt tuning: initial tables
+
+
+def _sample_vocab_ids(
+    rng: jax.Array, vocab_size: int, count: int, exclude: set[int], task: str
+) -> np.ndarray:
+    """`count` distinct ids, from the first VOCAB_INIT_TOP ids first, none of them in `exclude`."""
+    top = min(vocab_size, VOCAB_INIT_TOP)
+    first, rest = jax.random.split(rng)
+    order = np.asarray(jax.random.permutation(first, top))
+    picked = [int(i) for i in order if int(i) not in exclude][:count]
+    if len(picked) < count and top < vocab_size:
+        # The frequent ids ran out (P close to 5000, or many label ids): draw from the rest.
+        others = top + np.asarray(jax.random.permutation(rest, vocab_size - top))
+        picked += [int(i) for i in others if int(i) not in exclude][: count - len(picked)]
+    if len(picked) < count:
+        raise ConfigError(
+            f"task {task!r}: {count} distinct vocabulary rows are needed to initialise the prompt "
+            f"but the vocabulary has only {vocab_size - len(exclude)} to offer; use fewer virtual "
+            "tokens or model.prompt_tuning.new_prompt_init_methods=random"
+        )
+    return np.asarray(picked, np.int32)
+
+
+def _checked_ids(
+    init_token_ids: Sequence[int] | np.ndarray | None, vocab_size: int, method: str, task: str
+) -> np.ndarray:
+    key = (
+        "model.prompt_tuning.new_prompt_init_text"
+        if method == "text"
+        else "model.prompt_tuning.new_prompt_init_methods"
+    )
+    what = "the init text's token ids" if method == "text" else "the class labels' token ids"
+    if init_token_ids is None or len(init_token_ids) == 0:
+        raise ConfigError(
+            f"{key}: task {task!r} uses init method {method!r} but {what} are empty; give a "
+            "non-empty text / labels or choose init method 'random' or 'vocab'"
+        )
+    ids = np.asarray(init_token_ids, np.int64).reshape(-1)
+    bad = ids[(ids < 0) | (ids >= vocab_size)]
+    if bad.size:
+        raise ConfigError(
+            f"{key}: task {task!r}: token id {int(bad[0])} is outside the model's vocabulary "
+            f"[0, {vocab_size}); was the text tokenised with the base model's tokenizer?"
+        )
+    return ids.astype(np.int32)
+
+
+def init_prompt_table(
+    method: str,
+    num_tokens: int,
+    embedding_table: jax.Array,
+    rng: jax.Array,
+    *,
+    init_token_ids: Sequence[int] | np.ndarray | None = None,
+    task: str = "?",
+) -> jax.Array:
+    """A task's initial prompt table [P, E] float32 (pure; call outside Flax).
+
+    method: `text` (embeddings of `init_token_ids`, the tokenised init text, repeated cyclically
+    to fill P or cut to P, as NeMo and Lester et al.); `random` (normal with mean 0 and the
+    embedding table's standard deviation: the LM sees inputs of the scale it was trained on,
+    where Lester's uniform [-0.5, 0.5] would be ~25x too large for a std-0.02 table); `vocab`
+    (P distinct rows sampled from ids < 5000, the most frequent in BPE vocabularies); `labels`
+    (the embeddings of `init_token_ids`, the class labels' token ids, deduplicated in order, then
+    distinct sampled vocab rows for the rest, as Lester et al.).
+    num_tokens: P. embedding_table: the LM's [V, E] token embeddings. task: for messages.
+    """
+    if method not in INIT_METHODS:
+        raise ConfigError(
+            f"model.prompt_tuning.new_prompt_init_methods: task {task!r} has unknown init method "
+            f"{method!r}; use one of {', '.join(INIT_METHODS)}"
+        )
+    if num_tokens < 1:
+        raise ConfigError(f"task {task!r}: total_virtual_tokens={num_tokens} must be >= 1")
+    table = jnp.asarray(nn.meta.unbox(embedding_table), jnp.float32)
+    vocab_size = table.shape[0]
+    if method == "random":
+        std = jnp.std(table)
+        return std * jax.random.normal(rng, (num_tokens, table.shape[1]), jnp.float32)
+    if method == "text":
+        ids = _checked_ids(init_token_ids, vocab_size, method, task)
+        return table[np.resize(ids, num_tokens)]
+    if method == "vocab":
+        return table[_sample_vocab_ids(rng, vocab_size, num_tokens, set(), task)]
+    label_ids = list(dict.fromkeys(_checked_ids(init_token_ids, vocab_size, method, task).tolist()))
+    if len(label_ids) > num_tokens:
+        logging.warning(
+            "task %r: %d label token ids but only %d virtual tokens; the prompt starts from the "
+            "first %d",
+            task,
+            len(label_ids),
+            num_tokens,
+            num_tokens,
+        )
+        label_ids = label_ids[:num_tokens]
+    fill = _sample_vocab_ids(rng, vocab_size, num_tokens - len(label_ids), set(label_ids), task)
+    return table[np.concatenate([np.asarray(label_ids, np.int32), fill])]
+
+
+def init_prompt_tuning(
+    new_tasks: Sequence[str],
+    num_tokens: Sequence[int],
+    init_methods: Sequence[str],
+    init_token_ids: Sequence[Sequence[int] | np.ndarray | None],
+    embedding_table: jax.Array,
+    rng: jax.Array,
+) -> PromptParams:
+    """{"tables": {task: [P_task, E]}} for the new tasks, boxed with TABLE_AXES.
+
+    The sequences are aligned with `new_tasks` (model.new_tasks, the templates'
+    total_virtual_tokens, model.prompt_tuning.new_prompt_init_methods, and the tokenised
+    model.prompt_tuning.new_prompt_init_text or class labels; None where the method needs none).
+    """
+    lists = {
+        "total_virtual_tokens (from model.task_templates)": num_tokens,
+        "model.prompt_tuning.new_prompt_init_methods": init_methods,
+        "model.prompt_tuning.new_prompt_init_text": init_token_ids,
+    }
+    for key, values in lists.items():
+        if len(values) != len(new_tasks):
+            raise ConfigError(
+                f"{key} has {len(values)} entries for {len(new_tasks)} model.new_tasks "
+                f"{list(new_tasks)}; give one per new task"
+            )
+    tables = {}
+    for i, task in enumerate(new_tasks):
+        _check_task_name(task)
+        table = init_prompt_table(
+            init_methods[i],
+            num_tokens[i],
+            embedding_table,
+            jax.random.fold_in(rng, i),
+            init_token_ids=init_token_ids[i],
+            task=task,
+        )
+        tables[task] = _box_table(table)
+    return {"tables": tables}
+
+
+# --------------------------------------------------------------------------------------------
+# P-tuning: the encoders
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    """A p-tuning prompt encoder (model.p_tuning.*); validated on construction.
+
+    embed_dim: E, the LM's hidden size (the encoder's output width). input_dim: E_in, the width
+    of each task's learned inputs (default E). num_layers: Dense layers for `mlp` (>= 2), LSTM
+    layers for `lstm` / `biglstm`; `tpmlp` always has two. encoder_hidden: hidden width (LSTM
+    hidden per direction for `lstm`; `biglstm` uses E). init_std: std of the inputs and kernels.
+    """
+
+    encoder_type: str
+    embed_dim: int
+    num_layers: int = 2
+    encoder_hidden: int = 2048
+    dropout: float = 0.0
+    init_std: float = 0.023
+    input_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.encoder_type not in ENCODER_TYPES:
+            raise ConfigError(
+                f"model.p_tuning.encoder_type={self.encoder_type!r}: use one of "
+                f"{', '.join(ENCODER_TYPES)}"
+            )
+        if self.encoder_type == "mlp" and self.num_layers < 2:
+            raise ConfigError(
+                f"model.p_tuning.num_layers={self.num_layers}: the mlp encoder needs >= 2 layers"
+            )
+        if self.num_layers < 1:
+            raise ConfigError(f"model.p_tuning.num_layers={self.num_layers} must be >= 1")
+        if self.encoder_hidden < 1:
+            raise ConfigError(f"model.p_tuning.encoder_hidden={self.encoder_hidden} must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.p_tuning.dropout={self.dropout} must be in [0, 1)")
+        if self.init_std <= 0:
+            raise ConfigError(f"model.p_tuning.init_std={self.init_std} must be > 0")
+
+    @property
+    def in_dim(self) -> int:
+        """E_in, the width of the learned inputs."""
+        return self.input_dim or self.embed_dim
+
+
+def _dense(features: int, axes: tuple[str, str], std: float, name: str) -> layers.DenseGeneral:
+    return layers.DenseGeneral(
+        (features,), axes, use_bias=True, kernel_init=nn.initializers.normal(std), name=name
+    )
+
+
+class LSTMDirection(nn.Module):
+    """One direction of an LSTM layer over the virtual-token axis.
+
+    x: [..., P, D] -> hidden states [..., P, H], read back-to-front when `reverse`.
+    """
+
+    hidden: int
+    init_std: float
+    in_axis: str
+    reverse: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = self.hidden
+        # Input projections of all steps at once; only the recurrence runs sequentially.
+        gates_x = _dense(4 * h, (self.in_axis, "prompt_hidden"), self.init_std, "input")(x)
+        w_rec = self.param(
+            "recurrent_kernel",
+            nn.with_logical_partitioning(
+                nn.initializers.normal(self.init_std), ("prompt_hidden", "prompt_hidden")
+            ),
+            (h, 4 * h),
+            jnp.float32,
+        )
+
+        def step(carry: tuple[jax.Array, jax.Array], gx: jax.Array) -> tuple[Any, jax.Array]:
+            h_prev, c_prev = carry
+            i, f, g, o = jnp.split(gx + h_prev @ w_rec, 4, axis=-1)
+            c = jax.nn.sigmoid(f) * c_prev + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h_new = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return (h_new, c), h_new
+
+        steps = jnp.moveaxis(gates_x, -2, 0)  # [P, ..., 4H]
+        zeros = jnp.zeros(steps.shape[1:-1] + (h,), steps.dtype)
+        _, hs = jax.lax.scan(step, (zeros, zeros), steps, reverse=self.reverse)
+        return jnp.moveaxis(hs, 0, -2)
+
+
+class PromptEncoder(nn.Module):
+    """The p-tuning encoder: a task's inputs [..., P, E_in] -> its prompt table [..., P, E].
+
+    mlp: Dense+ReLU layers (NeMo). lstm / biglstm: bidirectional LSTM then an MLP head
+    2H -> H -> E (Liu et al.). tpmlp: E_in -> encoder_hidden (GELU) -> E, hidden axis
+    `prompt_mlp` so the first kernel splits by column, the second by row. Dropout follows every
+    hidden activation (and sits between LSTM layers) when not deterministic.
+    """
+
+    config: EncoderConfig
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array, *, deterministic: bool = True) -> jax.Array:
+        c = self.config
+        dropout = nn.Dropout(c.dropout, deterministic=deterministic)
+        x = inputs.astype(jnp.float32)
+        if c.encoder_type == "mlp":
+            for i in range(c.num_layers):
+                last = i == c.num_layers - 1
+                axes = (
+                    "prompt_embed" if i == 0 else "prompt_hidden",
+                    "prompt_embed" if last else "prompt_hidden",
+                )
+                width = c.embed_dim if last else c.encoder_hidden
+                x = _dense(width, axes, c.init_std, f"layer_{i}")(x)
+                if not last:
+                    x = dropout(nn.relu(x))
+            return x
+        if c.encoder_type == "tpmlp":
+            x = _dense(c.encoder_hidden, ("prompt_embed", "prompt_mlp"), c.init_std, "first")(x)
+            x = dropout(nn.gelu(x, approximate=False))
+            return _dense(c.embed_dim, ("prompt_mlp", "prompt_embed"), c.init_std, "second")(x)
+        hidden = c.embed_dim if c.encoder_type == "biglstm" else c.encoder_hidden
+        for i in range(c.num_layers):
+            in_axis = "prompt_embed" if i == 0 else "prompt_hidden"
+            fwd = LSTMDirection(hidden, c.init_std, in_axis, name=f"lstm_{i}_fwd")(x)
+            bwd = LSTMDirection(hidden, c.init_std, in_axis, reverse=True, name=f"lstm_{i}_bwd")(x)
+            x = jnp.concatenate([fwd, bwd], axis=-1)
+            if i < c.num_layers - 1:
+                x = dropout(x)
+        x = _dense(hidden, ("prompt_hidden", "prompt_hidden"), c.init_std, "head_0")(x)
+        x = dropout(nn.relu(x))
+        return _dense(c.embed_dim, ("prompt_hidden", "prompt_embed"), c.init_std, "head_1")(x)
+
+
+def init_encoder(config: EncoderConfig, rng: jax.Array) -> PromptParams:
+    """The encoder's parameters (boxed with logical axes; their shapes do not depend on P)."""
+    dummy = jnp.zeros((1, config.in_dim), jnp.float32)
+    return PromptEncoder(config).init(rng, dummy)["params"]
+
+
+def init_p_tuning(
+    config: EncoderConfig, task_num_tokens: Mapping[str, int], rng: jax.Array
+) -> PromptParams:
+    """{"inputs": {task: [P_task, E_in] ~ N(0, init_std)}, "encoder": {...}}, boxed.
+
+    task_num_tokens: task -> P (its template's total_virtual_tokens), in model.new_tasks order.
+    """
+    enc_rng, inputs_rng = jax.random.split(rng)
+    inputs = {}
+    for i, (task, num_tokens) in enumerate(task_num_tokens.items()):
+        _check_task_name(task)
+        if num_tokens < 1:
+            raise ConfigError(f"task {task!r}: total_virtual_tokens={num_tokens} must be >= 1")
+        shape = (num_tokens, config.in_dim)
+        values = config.init_std * jax.random.normal(jax.random.fold_in(inputs_rng, i), shape)
+        inputs[task] = _box_table(values)
+    return {"inputs": inputs, "encoder": init_encoder(config, enc_rng)}
+
+
+# --------------------------------------------------------------------------------------------
+# From parameters to tables, and into the token embeddings
+
+
+def task_table(
+    prompt_params: PromptParams,
+    task: str,
+    encoder_config: EncoderConfig | None,
+    *,
+    style: str = "p-tuning",
+    train: bool = False,
+    rng: jax.Array | None = None,
+) -> jax.Array:
+    """One task's prompt table [P, E]: its stored table, or the encoder run on its inputs.
+
+    rng: dropout randomness, needed only when `train` and the encoder has dropout.
+    """
+    params = nn.meta.unbox(prompt_params)
+    in_tables = task in params.get("tables", {})
+    in_inputs = task in params.get("inputs", {})
+    if in_tables and in_inputs:
+        raise ConfigError(f"task {task!r} has both a prompt table and p-tuning inputs; keep one")
+    if in_tables:
+        return params["tables"][task]
+    if not in_inputs:
+        known = sorted([*params.get("tables", {}), *params.get("inputs", {})])
+        raise ConfigError(
+            f"task {task!r} has no prompt parameters (known tasks: {known}); add it to "
+            "model.new_tasks or restore a prompt model that holds it"
+        )
+    if style != "p-tuning" or encoder_config is None or "encoder" not in params:
+        raise ConfigError(
+            f"task {task!r} has p-tuning inputs but model.virtual_prompt_style={style!r} (or no "
+            "encoder is given); use p-tuning or freeze the encoder with freeze_to_tables"
+        )
+    deterministic = not train or encoder_config.dropout == 0.0
+    if not deterministic and rng is None:
+        raise ValueError("task_table: training with encoder dropout needs an rng")
+    rngs = {} if deterministic else {"dropout": rng}
+    return PromptEncoder(encoder_config).apply(
+        {"params": params["encoder"]},
+        params["inputs"][task],
+        deterministic=deterministic,
+        rngs=rngs,
+    )
+
+
+def prompt_tables(
+    prompt_params: PromptParams,
+    style: str,
+    encoder_config: EncoderConfig | None,
+    task_names: Sequence[str],
+    *,
+    train: bool = False,
+    rng: jax.Array | None = None,
+) -> jax.Array:
+    """Every task's table in one array [num_tasks, P_max, E] float32 (what a train step calls).
+
+    Rows follow `task_names` (row i is task id i); shorter tables are zero-padded to P_max.
+    style: model.virtual_prompt_style. The encoder runs once per p-tuned task, with a
+    per-task dropout key folded from `rng`.
+    """
+    if style not in PROMPT_STYLES:
+        raise ConfigError(
+            f"model.virtual_prompt_style={style!r}: use one of {', '.join(PROMPT_STYLES)}"
+        )
+    if not task_names:
+        raise ConfigError("prompt_tables: no tasks given; name them in model.new_tasks")
+    tables = []
+    for i, task in enumerate(task_names):
+        task_rng = None if rng is None else jax.random.fold_in(rng, i)
+        table = task_table(
+            prompt_params, task, encoder_config, style=style, train=train, rng=task_rng
+        )
+        tables.append(table.astype(jnp.float32))
+    p_max = max(t.shape[0] for t in tables)
+    return jnp.stack([jnp.pad(t, ((0, p_max - t.shape[0]), (0, 0))) for t in tables])
+
+
+def freeze_to_tables(
+    prompt_params: PromptParams,
+    encoder_config: EncoderConfig | None,
+    task_names: Sequence[str] | None = None,
+) -> dict[str, dict[str, jax.Array]]:
+    """{"tables": {task: [P, E]}} for serving: p-tuned tasks get the encoder's eval-mode output.
+
+    Tasks that already have tables are passed through unchanged; task_names defaults to every
+    task in the tree. Returns plain (unboxed) float32 arrays; TABLE_AXES gives their axes.
+    """
+    params = nn.meta.unbox(prompt_params)
+    if task_names is None:
+        task_names = [*params.get("tables", {}), *params.get("inputs", {})]
+    return {
+        "tables": {
+            task: task_table(params, task, encoder_config, style="p-tuning").astype(jnp.float32)
+            for task in task_names
+        }
+    }
+
+
+def combine(
+    token_embeddings: jax.Array,
+    tables: jax.Array,
+    task_id: jax.Array,
+    virtual_index: jax.Array,
+) -> jax.Array:
+    """Writes prompt rows into the virtual-token slots.
+
+    token_embeddings: [B, T, E]; tables: [num_tasks, P_max, E]; task_id: [B] int (row of
+    `tables`); virtual_index: [B, T] int, which virtual token sits there, -1 elsewhere.
+    Returns [B, T, E] in token_embeddings' dtype; non-virtual positions are left untouched.
+    """
+    safe_index = jnp.maximum(virtual_index, 0)
+    rows = tables[task_id[:, None], safe_index]  # [B, T, E]: one gather
+    is_virtual = (virtual_index >= 0)[..., None]
+    return jnp.where(is_virtual, rows.astype(token_embeddings.dtype), token_embeddings)
