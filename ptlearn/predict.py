@@ -1,0 +1,319 @@
+"""Prediction with a trained prompt model: generation or rank classification, then task metrics.
+
+  python -m ptlearn.predict --prompt_model=W/prompt_model --data=test.jsonl --pred_file=out.txt \
+      [--model=M] [--config.inference.greedy=True --config.inference.tokens_to_generate=N ...]
+
+Writes one prediction per input line, in input order (a newline inside a prediction is written
+as the two characters `\\n`); when the answer field is present, prints the task metrics as JSON
+on the last line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import pathlib
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ptlearn import metrics, prompted, templates
+from ptlearn.data import batching, jsonl
+from ptlearn.errors import CheckpointError, PtlearnError
+from ptlearn.generate import Sampling, decode
+from ptlearn.gpt import GPT, GPTConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class PromptedLM:
+    """A frozen base model plus the prompt tables of the tasks it serves."""
+
+    config: GPTConfig
+    lm_params: Any  # the GPT's inner parameter tree
+    tables: np.ndarray  # [num_tasks, P_max, E]
+    task_names: list[str]
+    templates: dict[str, templates.TaskTemplate]
+    tokenizer: Any
+    max_seq_length: int
+    add_bos: bool
+    add_eos: bool
+
+    @property
+    def task_index(self) -> dict[str, int]:
+        """Task name -> row of `tables`."""
+        return {t: i for i, t in enumerate(self.task_names)}
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _prompted_inputs(config, lm_params, tables, ids, task_id, virtual_index):
+    return prompted.prompted_embeddings(GPT(config), lm_params, tables, ids, task_id, virtual_index)
+
+
+def sampling_from(inference: Any) -> Sampling:
+    """The `inference.*` config -> Sampling; bad values raise a ConfigError-like PtlearnError."""
+    try:
+        return Sampling(
+            greedy=bool(inference.greedy),
+            temperature=float(inference.temperature),
+            top_k=int(inference.top_k),
+            top_p=float(inference.top_p),
+        )
+    except ValueError as err:
+        raise PtlearnError(f"inference options: {err}") from err
+
+
+def generate_answers(
+    lm: PromptedLM, examples: Sequence[templates.EncodedExample], inference: Any
+) -> list[str]:
+    """Decodes each inference-encoded example's answer, returned stripped, in input order."""
+    tokenizer = lm.tokenizer
+    eos = (tokenizer.eos_id,) if tokenizer.eos_id is not None else ()
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    sampling = sampling_from(inference)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))
+    answers: list[str] = [""] * len(examples)
+    size = int(inference.batch_size)
+    rng = jax.random.key(int(inference.seed))
+    for start in range(0, len(order), size):
+        rows = order[start : start + size]
+        batch = batching.collate(
+            [examples[i] for i in rows],
+            lm.task_index,
+            batch_size=size,
+            max_length=lm.max_seq_length,
+            pad_id=pad_id,
+            left_pad=True,
+        )
+        embeddings = _prompted_inputs(
+            lm.config, lm.lm_params, lm.tables, batch["ids"], batch["task_id"], batch["virtual_index"]
+        )
+        rng, batch_rng = jax.random.split(rng)
+        tokens, lengths = decode(
+            {"params": lm.lm_params},
+            jnp.asarray(batch["ids"]),
+            jnp.asarray(batch["attention_mask"]),
+            batch_rng,
+            embeddings,
+            config=lm.config,
+            tokens_to_generate=int(inference.tokens_to_generate),
+            sampling=sampling,
+            eos_ids=eos,
+        )
+        tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+        for row, index in enumerate(rows):
+            new = tokens[row, : lengths[row]].tolist()
+            if new and new[-1] in eos:
+                new = new[:-1]
+            answers[index] = tokenizer.decode(new, skip_special_tokens=True).strip()
+    return answers
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _sequence_nll(config, lm_params, tables, batch):
+    nll, _ = prompted.answer_nll(GPT(config), lm_params, tables, batch)
+    return jnp.sum(nll, axis=1)
+
+
+def rank_answers(
+    lm: PromptedLM,
+    records: Sequence[tuple[int, Mapping[str, Any]]],
+    label_sets: Mapping[str, Sequence[str]],
+    *,
+    batch_size: int,
+) -> list[str]:
+    """For each record, the label of its task whose answer tokens have the lowest total NLL."""
+    pad_id = lm.tokenizer.pad_id if lm.tokenizer.pad_id is not None else 0
+    candidates: list[tuple[int, str, templates.EncodedExample]] = []
+    for index, (line_no, record) in enumerate(records):
+        task = record["taskname"]
+        template = lm.templates[task]
+        labels = label_sets.get(task)
+        if not labels:
+            raise PtlearnError(
+                f"task {task!r} has no closed label set in the prompt model: rank "
+                "classification needs one; use generation (inference.rank_classification=False)"
+            )
+        for label in labels:
+            filled = {**record, template.answer_field: label}
+            encoded = templates.encode_example(
+                template,
+                filled,
+                lm.tokenizer,
+                max_seq_length=lm.max_seq_length,
+                add_eos=lm.add_eos,
+                add_bos=lm.add_bos,
+                where=f"line {line_no}",
+                line_no=line_no,
+            )
+            if encoded is not None:
+                candidates.append((index, label, encoded))
+    scores: dict[int, list[tuple[float, str]]] = {}
+    candidates.sort(key=lambda c: len(c[2].ids))
+    for start in range(0, len(candidates), batch_size):
+        chunk = candidates[start : start + batch_size]
+        batch = batching.collate(
+            [c[2] for c in chunk],
+            lm.task_index,
+            batch_size=batch_size,
+            max_length=lm.max_seq_length,
+            pad_id=pad_id,
+        )
+        totals = np.asarray(_sequence_nll(lm.config, lm.lm_params, lm.tables, batch))
+        for (index, label, _), total in zip(chunk, totals, strict=False):
+            scores.setdefault(index, []).append((float(total), label))
+    return [min(scores[i])[1] if i in scores else "" for i in range(len(records))]
+
+
+def load_prompted_lm(prompt_model_dir: str, model: str | None = None) -> PromptedLM:
+    """The prompt model at `prompt_model_dir` on its base model (or `model`), checksum-checked."""
+    from ptlearn.checkpoints import file_checksum, load_model, resolve_model
+    from ptlearn.checkpoints.prompt_model import load_prompt_model
+
+    artifact = load_prompt_model(prompt_model_dir)
+    spec = model or artifact.base_model["spec"]
+    path = resolve_model(spec)
+    checksum = file_checksum(path)
+    if checksum != artifact.base_model["sha256"]:
+        raise CheckpointError(
+            f"--model={spec} ({path}) is not the base model the prompt model in "
+            f"{prompt_model_dir} was trained on ({artifact.base_model['file']}, sha256 "
+            f"{artifact.base_model['sha256'][:12]}...); pass that model with --model"
+        )
+    loaded = load_model(spec)
+    task_names = artifact.tasks
+    parsed = templates.parse_task_templates(artifact.templates)
+    return PromptedLM(
+        config=loaded.config,
+        lm_params=jax.tree_util.tree_map(jnp.asarray, loaded.params),
+        tables=prompted.stack_tables(artifact.tables, task_names),
+        task_names=task_names,
+        templates=parsed,
+        tokenizer=loaded.tokenizer,
+        max_seq_length=int(artifact.encoding["max_seq_length"]),
+        add_bos=bool(artifact.encoding["add_bos"]),
+        add_eos=bool(artifact.encoding["add_eos"]),
+    ), artifact
+
+
+def predict_records(
+    lm: PromptedLM,
+    records: Sequence[tuple[int, dict]],
+    inference: Any,
+    *,
+    label_sets: Mapping[str, Sequence[str]] | None = None,
+    source: str = "<records>",
+) -> list[str]:
+    """One prediction per record (empty for an example too long even after truncation)."""
+    if inference.rank_classification:
+        for line_no, record in records:
+            _check_task(lm, record, f"{source}:{line_no}")
+        return rank_answers(lm, records, label_sets or {}, batch_size=int(inference.batch_size))
+    room = lm.max_seq_length - int(inference.tokens_to_generate)
+    if room < 1:
+        raise PtlearnError(
+            f"inference.tokens_to_generate={inference.tokens_to_generate} leaves no room for "
+            f"the prompt within max_seq_length={lm.max_seq_length}"
+        )
+    inference_records = [
+        (n, {k: v for k, v in r.items() if k != lm.templates[_check_task(lm, r, f"{source}:{n}")].answer_field})
+        for n, r in records
+    ]
+    encoded, stats = templates.encode_dataset(
+        inference_records,
+        lm.templates,
+        lm.tokenizer,
+        max_seq_length=room,
+        add_eos=lm.add_eos,
+        add_bos=lm.add_bos or bool(inference.add_BOS),
+        for_inference=True,
+        source=source,
+    )
+    answers = generate_answers(lm, encoded, inference)
+    by_line = {e.line_no: a for e, a in zip(encoded, answers, strict=True)}
+    return [by_line.get(line_no, "") for line_no, _ in records]
+
+
+def _check_task(lm: PromptedLM, record: Mapping[str, Any], where: str) -> str:
+    task = record.get("taskname")
+    if task not in lm.templates:
+        raise PtlearnError(
+            f"{where}: task {task!r} is not in this prompt model (it serves: "
+            f"{', '.join(lm.task_names)})"
+        )
+    return task
+
+
+def score(
+    lm: PromptedLM, records: Sequence[tuple[int, dict]], predictions: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Task metrics for every task whose records all carry the answer field."""
+    results: dict[str, dict[str, float]] = {}
+    for task in sorted({r["taskname"] for _, r in records}):
+        answer_field = lm.templates[task].answer_field
+        rows = [i for i, (_, r) in enumerate(records) if r["taskname"] == task]
+        examples = [records[i][1] for i in rows]
+        if not all(answer_field in e for e in examples):
+            continue
+        preds = [predictions[i] for i in rows]
+        results[task] = metrics.task_metrics(task, preds, examples, answer_field=answer_field)
+    return results
+
+
+def main(argv: Sequence[str]) -> None:
+    """absl entry point (flags parsed by app.run)."""
+    del argv
+    flags = _FLAGS
+    try:
+        lm, artifact = load_prompted_lm(flags.prompt_model, flags.model)
+        records = list(jsonl.iter_numbered_jsonl(flags.data))
+        if not records:
+            raise PtlearnError(f"--data={flags.data}: the file holds no examples")
+        predictions = predict_records(
+            lm,
+            records,
+            flags.config.inference,
+            label_sets=artifact.label_sets,
+            source=flags.data,
+        )
+        out = pathlib.Path(flags.pred_file)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(p.replace("\n", "\\n") + "\n" for p in predictions))
+        results = score(lm, records, predictions)
+    except PtlearnError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    summary: dict[str, Any] = {"n_predictions": len(predictions), "pred_file": str(out)}
+    if len(results) == 1:
+        summary.update(next(iter(results.values())))
+    summary["tasks"] = results
+    print(json.dumps(summary))
+
+
+def _define_flags():
+    from absl import flags
+    from ml_collections import ConfigDict, config_flags
+
+    from ptlearn.config_lib import inference_config
+
+    flags.DEFINE_string("prompt_model", None, "folder written by ptlearn.train (W/prompt_model)")
+    flags.DEFINE_string("data", None, "jsonl file to predict (any mix of the model's tasks)")
+    flags.DEFINE_string("pred_file", None, "where to write one prediction per input line")
+    flags.DEFINE_string("model", None, "base model ('default' or a path); default: the one trained on")
+    config_flags.DEFINE_config_dict("config", ConfigDict({"inference": inference_config()}))
+    flags.mark_flags_as_required(["prompt_model", "data", "pred_file"])
+    return flags.FLAGS
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _FLAGS = _define_flags()
+    app.run(main)

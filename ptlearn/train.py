@@ -1,0 +1,677 @@
+"""Prompt learning on a frozen GPT: `train_and_evaluate(config, workdir)`.
+
+  python -m ptlearn.train --config=configs/sentiment_ptuning.py --workdir=W [--config.a.b=v]
+
+Only prompt parameters train: ordered regex rules label every parameter, the gradient is taken
+with respect to the trainable partition alone, and the optimizer never sees frozen weights.
+The full training state (prompt parameters, optimizer, step, data position, RNG) is
+checkpointed at every validation, so a killed run resumes where it stopped. At the end the best
+state (by val_loss) is frozen into per-task prompt tables: `W/prompt_model/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import pathlib
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ptlearn import config_lib, masking, optim, predict, prompted, prompts, templates
+from ptlearn.checkpoints import file_checksum, load_model, resolve_model
+from ptlearn.checkpoints.prompt_model import PromptModel, load_prompt_model, save_prompt_model
+from ptlearn.checkpoints.train_state import TrainCheckpoints
+from ptlearn.data import batching, jsonl
+from ptlearn.errors import ConfigError, DataError, PtlearnError
+from ptlearn.gpt import GPT
+from ptlearn.run_log import RunLog
+
+logger = logging.getLogger(__name__)
+
+# A task whose answers take at most this many distinct values gets a label set (for
+# rank classification and `labels` init).
+MAX_LABELS = 50
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything a run derives from its config before the first step."""
+
+    config: ml_collections.ConfigDict
+    loaded: Any  # checkpoints.LoadedModel
+    model: GPT
+    task_names: list[str]  # row order of the prompt tables
+    new_tasks: list[str]
+    templates: dict[str, templates.TaskTemplate]
+    restored: PromptModel | None
+    encoder_config: prompts.EncoderConfig | None
+    train_examples: list[templates.EncodedExample]
+    val_examples: list[templates.EncodedExample]
+    val_records: list[tuple[int, dict]]
+    label_sets: dict[str, list[str]]
+
+
+# --------------------------------------------------------------------------------------------
+# Set-up: base model, templates, data
+
+
+def _read_records(files: Sequence[str], key: str) -> list[tuple[str, int, dict]]:
+    records = []
+    for name in files:
+        for line_no, record in jsonl.iter_numbered_jsonl(name):
+            records.append((name, line_no, record))
+    if files and not records:
+        raise DataError(f"{key}: {', '.join(files)} hold no examples")
+    return records
+
+
+def _encode(
+    records: list[tuple[str, int, dict]],
+    task_templates: Mapping[str, templates.TaskTemplate],
+    tokenizer: Any,
+    data_cfg: Any,
+    max_seq_length: int,
+) -> list[templates.EncodedExample]:
+    encoded = []
+    for name in dict.fromkeys(r[0] for r in records):
+        examples, stats = templates.encode_dataset(
+            [(n, r) for f, n, r in records if f == name],
+            task_templates,
+            tokenizer,
+            max_seq_length=max_seq_length,
+            add_eos=data_cfg.add_eos,
+            add_bos=data_cfg.add_bos,
+            source=name,
+        )
+        logger.info("%s:\n%s", name, stats.summary())
+        encoded.extend(examples)
+    return encoded
+
+
+def _label_sets(records: list[tuple[str, int, dict]], task_templates) -> dict[str, list[str]]:
+    values: dict[str, set[str]] = {}
+    for _, _, record in records:
+        field = task_templates[record["taskname"]].answer_field
+        values.setdefault(record["taskname"], set()).add(str(record.get(field, "")))
+    return {t: sorted(v) for t, v in values.items() if len(v) <= MAX_LABELS}
+
+
+def _gpt_config(config: ml_collections.ConfigDict, base: Any) -> Any:
+    m = config.model
+    granularity = m.activations_checkpoint_granularity or ""
+    if granularity not in ("", "full", "selective"):
+        raise ConfigError(
+            f"model.activations_checkpoint_granularity={granularity!r}: use '', 'full' or "
+            "'selective'"
+        )
+    remat = {"": "none", "full": "full", "selective": "dots"}[granularity]
+    return base.replace(dtype=config_lib.dtype_of_precision(config.trainer.precision), remat_policy=remat)
+
+
+def setup(config: ml_collections.ConfigDict) -> Setup:
+    """Validates the config, loads the base model, templates and data."""
+    config_lib.validate(config)
+    m = config.model
+    if m.tensor_model_parallel_size > 1 or m.sequence_parallel:
+        raise ConfigError(
+            "model.tensor_model_parallel_size > 1 and model.sequence_parallel need the sharded "
+            f"trainer, which this build does not have yet (got TP={m.tensor_model_parallel_size})"
+        )
+    new_tasks = list(config_lib.as_tuple(m.new_tasks))
+    existing = list(config_lib.as_tuple(m.existing_tasks))
+    restored = None
+    if m.restore_path:
+        restored = load_prompt_model(m.restore_path)
+        missing = [t for t in existing if t not in restored.tables]
+        if missing:
+            raise ConfigError(
+                f"model.existing_tasks names {missing}, which {m.restore_path} does not hold "
+                f"(it holds {restored.tasks})"
+            )
+    loaded = load_model(m.language_model_path)
+    if restored is not None and restored.base_model["sha256"] != file_checksum(
+        resolve_model(m.language_model_path)
+    ):
+        raise ConfigError(
+            f"model.restore_path={m.restore_path} was trained on another base model "
+            f"({restored.base_model['file']}); set model.language_model_path to it"
+        )
+    task_templates = templates.parse_task_templates(m.task_templates)
+    if restored is not None:
+        for entry in restored.templates:
+            if entry["taskname"] in existing:
+                task_templates.setdefault(entry["taskname"], templates.parse_task_templates([entry])[entry["taskname"]])
+    for task in new_tasks + existing:
+        if task not in task_templates:
+            raise ConfigError(
+                f"task {task!r} has no entry in model.task_templates (defined: "
+                f"{sorted(task_templates)})"
+            )
+    max_len = min(m.max_seq_length, loaded.config.max_position_embeddings)
+    train_records = _read_records(config_lib.as_tuple(m.data.train_ds), "model.data.train_ds")
+    if not train_records:
+        raise ConfigError("model.data.train_ds: give at least one training jsonl file")
+    outside = [(f, n) for f, n, r in train_records if r.get("taskname") not in new_tasks]
+    if outside:
+        f, n = outside[0]
+        raise DataError(
+            f"{f}:{n}: task {train_records[0][2].get('taskname')!r} is not in model.new_tasks "
+            f"{new_tasks}; {len(outside)} training example(s) belong to other tasks (only new "
+            "tasks train; existing tasks keep their prompts)"
+        )
+    val_records = _read_records(config_lib.as_tuple(m.data.validation_ds), "model.data.validation_ds")
+    served = {t: task_templates[t] for t in existing + new_tasks}
+    unknown = [(f, n, r) for f, n, r in val_records if r.get("taskname") not in served]
+    if unknown:
+        f, n, r = unknown[0]
+        raise DataError(
+            f"{f}:{n}: unknown taskname {r.get('taskname')!r}; this run serves {sorted(served)}"
+        )
+    encoder_config = None
+    if m.virtual_prompt_style == "p-tuning":
+        p = m.p_tuning
+        encoder_config = prompts.EncoderConfig(
+            encoder_type=p.encoder_type,
+            embed_dim=loaded.config.hidden_size,
+            num_layers=p.num_layers,
+            encoder_hidden=p.encoder_hidden,
+            dropout=p.dropout,
+            init_std=p.init_std,
+        )
+    label_sets = dict(restored.label_sets) if restored is not None else {}
+    label_sets.update(_label_sets(train_records, served))
+    return Setup(
+        config=config,
+        loaded=loaded,
+        model=GPT(_gpt_config(config, loaded.config)),
+        task_names=existing + new_tasks,
+        new_tasks=new_tasks,
+        templates=served,
+        restored=restored,
+        encoder_config=encoder_config,
+        train_examples=_encode(train_records, served, loaded.tokenizer, m.data, max_len),
+        val_examples=_encode(val_records, served, loaded.tokenizer, m.data, max_len),
+        val_records=[(n, r) for _, n, r in val_records],
+        label_sets={t: v for t, v in label_sets.items() if t in served},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters, freezing, optimizer
+
+
+def init_prompt_params(s: Setup, rng: jax.Array) -> dict[str, Any]:
+    """Fresh parameters for the new tasks, plus the restored tables of existing tasks."""
+    m = s.config.model
+    num_tokens = [s.templates[t].total_virtual_tokens for t in s.new_tasks]
+    if m.virtual_prompt_style == "p-tuning":
+        params = nn.meta.unbox(
+            prompts.init_p_tuning(s.encoder_config, dict(zip(s.new_tasks, num_tokens, strict=True)), rng)
+        )
+    elif m.virtual_prompt_style == "prompt-tuning":
+        methods = _per_task(m.prompt_tuning.new_prompt_init_methods, s.new_tasks, "new_prompt_init_methods")
+        texts = _per_task(m.prompt_tuning.new_prompt_init_text, s.new_tasks, "new_prompt_init_text")
+        token_ids = []
+        for task, method, text in zip(s.new_tasks, methods, texts, strict=True):
+            if method == "labels":
+                words = " ".join(s.label_sets.get(task, []))
+                if not words:
+                    raise ConfigError(f"task {task!r}: 'labels' init needs a closed label set in the training data")
+                token_ids.append(s.loaded.tokenizer.encode(" " + words))
+            elif method == "text":
+                if not text:
+                    raise ConfigError(
+                        f"model.prompt_tuning.new_prompt_init_text: task {task!r} uses 'text' "
+                        "init but its text is empty"
+                    )
+                token_ids.append(s.loaded.tokenizer.encode(text))
+            else:
+                token_ids.append(None)
+        params = nn.meta.unbox(
+            prompts.init_prompt_tuning(
+                s.new_tasks,
+                num_tokens,
+                methods,
+                token_ids,
+                s.loaded.params["embed"]["embedding"],
+                rng,
+            )
+        )
+    else:
+        raise ConfigError("model.virtual_prompt_style='inference' does not train; use ptlearn.predict")
+    if s.restored is not None:
+        existing = s.task_names[: len(s.task_names) - len(s.new_tasks)]
+        tables = params.setdefault("tables", {})
+        for task in existing:
+            tables[task] = jnp.asarray(s.restored.tables[task])
+    return params
+
+
+def _per_task(values: Any, tasks: Sequence[str], key: str) -> list:
+    values = list(config_lib.as_tuple(values))
+    if len(values) == 1 and len(tasks) > 1:
+        values = values * len(tasks)
+    if len(values) != len(tasks):
+        raise ConfigError(
+            f"model.prompt_tuning.{key} has {len(values)} entries for {len(tasks)} new tasks; "
+            "give one per task (or one for all)"
+        )
+    return values
+
+
+def freeze_rules(s: Setup) -> list[tuple[str, str]]:
+    """Existing tasks' tables frozen first, then the configured rules (first match wins)."""
+    existing = s.task_names[: len(s.task_names) - len(s.new_tasks)]
+    rules = [(f"prompt/tables/{task}", "frozen") for task in existing]
+    return rules + [tuple(rule) for rule in s.config.model.freeze_rules]
+
+
+def make_optimizer(config: ml_collections.ConfigDict, total_steps: int, labels: Any):
+    """The optimizer (with set_to_zero for frozen labels) and its learning-rate schedule."""
+    o = config.model.optim
+    schedule = optim.make_schedule(
+        o.sched.name,
+        lr=o.lr,
+        max_steps=total_steps,
+        warmup_steps=o.sched.warmup_steps,
+        constant_steps=o.sched.constant_steps,
+        min_lr=o.sched.min_lr,
+    )
+    tx = optim.make_optimizer(
+        o.name,
+        schedule,
+        weight_decay=o.weight_decay,
+        betas=tuple(o.betas),
+        eps=o.eps,
+        gradient_clip_val=config.trainer.gradient_clip_val,
+    )
+    return optim.with_frozen(tx, labels), schedule
+
+
+# --------------------------------------------------------------------------------------------
+# Steps
+
+
+def _tables(s: Setup, prompt_params: Any, *, train: bool, rng: jax.Array | None) -> jax.Array:
+    return prompts.prompt_tables(
+        prompt_params,
+        s.config.model.virtual_prompt_style,
+        s.encoder_config,
+        s.task_names,
+        train=train,
+        rng=rng,
+    )
+
+
+def make_train_step(s: Setup, tx: optax.GradientTransformation):
+    """A jitted step over one global batch [A, M, T] (A micro-batches of M rows each)."""
+
+    def loss_sum(trainable, frozen, micro, rng):
+        params = masking.merge(trainable, frozen)
+        tables = _tables(s, params["prompt"], train=True, rng=rng)
+        nll, mask = prompted.answer_nll(s.model, params["lm"], tables, micro)
+        return jnp.sum(nll), jnp.sum(mask)
+
+    value_and_grad = jax.value_and_grad(loss_sum, has_aux=True)
+
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def train_step(state, frozen, batch):
+        step_rng = jax.random.fold_in(state["rng"], state["step"])
+
+        def accumulate(carry, micro_and_index):
+            grads, total, count = carry
+            micro, index = micro_and_index
+            rng = jax.random.fold_in(step_rng, index)
+            (nll_sum, n), g = value_and_grad(state["trainable"], frozen, micro, rng)
+            return (jax.tree_util.tree_map(jnp.add, grads, g), total + nll_sum, count + n), None
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, state["trainable"])
+        num_micro = batch["ids"].shape[0]
+        (grads, total, count), _ = jax.lax.scan(
+            accumulate, (zeros, jnp.float32(0), jnp.float32(0)), (batch, jnp.arange(num_micro))
+        )
+        # Sums over micro-batches, divided once: the mean over every counted token of the batch.
+        grads = jax.tree_util.tree_map(lambda g: g / jnp.maximum(count, 1.0), grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["trainable"])
+        new_state = {
+            **state,
+            "trainable": optax.apply_updates(state["trainable"], updates),
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+        }
+        stats = {
+            "loss": total / jnp.maximum(count, 1.0),
+            "grad_norm": optax.global_norm(grads),
+            "loss_tokens": count,
+            "real_tokens": jnp.sum(batch["attention_mask"] * batch["weight"][..., None]),
+            "padded_tokens": jnp.float32(batch["ids"].size),
+        }
+        return new_state, stats
+
+    return train_step
+
+
+def make_eval_step(s: Setup):
+    """A jitted per-row (NLL sum, token count) over one validation batch [B, T]."""
+
+    @jax.jit
+    def eval_step(trainable, frozen, batch):
+        params = masking.merge(trainable, frozen)
+        tables = _tables(s, params["prompt"], train=False, rng=None)
+        nll, mask = prompted.answer_nll(s.model, params["lm"], tables, batch)
+        return jnp.sum(nll, axis=1), jnp.sum(mask, axis=1)
+
+    return eval_step
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+def _steps_per_epoch(s: Setup) -> int:
+    global_batch = s.config.model.global_batch_size
+    count = len(s.train_examples) // global_batch
+    if count == 0:
+        raise DataError(
+            f"model.data.train_ds: {len(s.train_examples)} usable examples, fewer than one "
+            f"global batch of {global_batch}; add data or lower model.global_batch_size"
+        )
+    return count
+
+
+def total_steps(s: Setup) -> int:
+    """trainer.max_steps, or max_epochs worth of whole global batches."""
+    if s.config.trainer.max_steps > 0:
+        return int(s.config.trainer.max_steps)
+    return int(s.config.trainer.max_epochs) * _steps_per_epoch(s)
+
+
+def _pad_id(s: Setup) -> int:
+    pad = s.loaded.tokenizer.pad_id
+    return pad if pad is not None else 0
+
+
+class Batches:
+    """The global batch at any (epoch, index): a pure function of seed and position."""
+
+    def __init__(self, s: Setup):
+        self.s = s
+        self.task_index = {t: i for i, t in enumerate(s.task_names)}
+        self.lengths = [len(e.ids) for e in s.train_examples]
+        self.per_epoch = _steps_per_epoch(s)
+        self._epoch: int | None = None
+        self._order: list[np.ndarray] = []
+
+    def get(self, epoch: int, index: int) -> dict[str, np.ndarray]:
+        m = self.s.config.model
+        if epoch != self._epoch:
+            self._order = batching.epoch_batches(
+                self.lengths,
+                m.global_batch_size,
+                seed=m.seed,
+                epoch=epoch,
+                shuffle=m.data.shuffle,
+            )
+            self._epoch = epoch
+        rows = [self.s.train_examples[i] for i in self._order[index]]
+        batch = batching.collate(
+            rows,
+            self.task_index,
+            batch_size=m.global_batch_size,
+            max_length=m.max_seq_length,
+            pad_id=_pad_id(self.s),
+        )
+        return batching.split_micro_batches(batch, m.global_batch_size // m.micro_batch_size)
+
+
+def validate_loss(s: Setup, eval_step, trainable, frozen) -> dict[str, float]:
+    """val_loss over the validation set (token-weighted), and per task."""
+    if not s.val_examples:
+        return {}
+    task_index = {t: i for i, t in enumerate(s.task_names)}
+    size = s.config.model.micro_batch_size
+    limit = s.config.trainer.limit_val_batches
+    examples = sorted(s.val_examples, key=lambda e: len(e.ids))
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for number, start in enumerate(range(0, len(examples), size)):
+        if limit and number >= limit:
+            break
+        chunk = examples[start : start + size]
+        batch = batching.collate(
+            chunk, task_index, batch_size=size, max_length=s.config.model.max_seq_length, pad_id=_pad_id(s)
+        )
+        nll, count = (np.asarray(x) for x in eval_step(trainable, frozen, batch))
+        for example, row_nll, row_count in zip(chunk, nll, count, strict=False):
+            sums[example.taskname] = sums.get(example.taskname, 0.0) + float(row_nll)
+            counts[example.taskname] = counts.get(example.taskname, 0.0) + float(row_count)
+    result = {"val_loss": sum(sums.values()) / max(sum(counts.values()), 1.0)}
+    if len(sums) > 1:
+        result.update({f"val_loss/{t}": sums[t] / max(counts[t], 1.0) for t in sums})
+    return result
+
+
+def frozen_tables(s: Setup, prompt_params: Any) -> dict[str, np.ndarray]:
+    """Per-task [P, E] tables for serving (p-tuning's encoder output frozen)."""
+    frozen = prompts.freeze_to_tables(prompt_params, s.encoder_config, s.task_names)
+    return {t: np.asarray(v, np.float32) for t, v in frozen["tables"].items()}
+
+
+def validate_tasks(s: Setup, tables: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Task metrics (SPEC section 5) on the first validation examples, by generation."""
+    limit = s.config.model.data.validation_metric_examples
+    records = s.val_records[:limit] if limit else []
+    if not records:
+        return {}
+    lm = predict.PromptedLM(
+        config=s.model.config,
+        lm_params=s.loaded.params,
+        tables=prompted.stack_tables(tables, s.task_names),
+        task_names=s.task_names,
+        templates=s.templates,
+        tokenizer=s.loaded.tokenizer,
+        max_seq_length=s.config.model.max_seq_length,
+        add_bos=s.config.model.data.add_bos,
+        add_eos=s.config.model.data.add_eos,
+    )
+    predictions = predict.predict_records(lm, records, s.config.inference, label_sets=s.label_sets)
+    flat = {}
+    for task, values in predict.score(lm, records, predictions).items():
+        flat.update({f"val_{task}/{k}": v for k, v in values.items()})
+    return flat
+
+
+def write_prompt_model(s: Setup, prompt_params: Any, directory: pathlib.Path, info: dict) -> None:
+    """The prompt-only artifact: tables, templates, base-model and tokenizer references."""
+    spec = s.config.model.language_model_path
+    path = resolve_model(spec)
+    tok = s.loaded.tokenizer
+    save_prompt_model(
+        directory,
+        PromptModel(
+            tables=frozen_tables(s, prompt_params),
+            templates=[s.templates[t].to_dict() for t in s.task_names],
+            base_model={
+                "spec": spec,
+                "file": path.name,
+                "sha256": file_checksum(path),
+                "config": dataclasses.asdict(s.loaded.config),
+            },
+            tokenizer={
+                "source": str(path),
+                "vocab_size": tok.vocab_size,
+                "bos_id": tok.bos_id,
+                "eos_id": tok.eos_id,
+                "pad_id": tok.pad_id,
+            },
+            encoding={
+                "add_eos": bool(s.config.model.data.add_eos),
+                "add_bos": bool(s.config.model.data.add_bos),
+                "max_seq_length": int(s.config.model.max_seq_length),
+            },
+            label_sets=s.label_sets,
+            training={"virtual_prompt_style": s.config.model.virtual_prompt_style, **info},
+        ),
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains the new tasks' prompts; writes checkpoints, metrics and the prompt model."""
+    workdir_path = pathlib.Path(config.exp_manager.explicit_log_dir or workdir)
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    s = setup(config)
+    m, trainer = config.model, config.trainer
+    steps = total_steps(s)
+    rng = jax.random.key(m.seed)
+    init_rng, state_rng = jax.random.split(rng)
+
+    lm_params = jax.tree_util.tree_map(
+        lambda x: jnp.asarray(x, s.model.config.param_dtype), s.loaded.params
+    )
+    params = {"lm": lm_params, "prompt": init_prompt_params(s, init_rng)}
+    labels = masking.param_labels(params, freeze_rules(s))
+    trainable, frozen = masking.split(params, labels)
+    if any(leaf is not None for leaf in jax.tree_util.tree_leaves(masking.split(labels["lm"], labels["lm"])[0])):
+        raise ConfigError("model.freeze_rules make language-model weights trainable; only prompt parameters train")
+    trainable_labels, _ = masking.split(labels, labels)
+    tx, schedule = make_optimizer(config, steps, trainable_labels)
+    state = {
+        "step": jnp.int32(0),
+        "trainable": trainable,
+        "opt_state": tx.init(trainable),
+        "rng": jax.random.key_data(state_rng),
+        "epoch": jnp.int32(0),
+        "batch_in_epoch": jnp.int32(0),
+        "best_val_loss": jnp.float32(np.inf),
+    }
+    monitor = config.exp_manager.checkpoint_callback_params
+    checkpoints = TrainCheckpoints(
+        workdir_path / "checkpoints", save_top_k=monitor.save_top_k, monitor=monitor.monitor, mode=monitor.mode
+    )
+    resume_from = trainer.resume_from_checkpoint
+    if config.exp_manager.resume_if_exists and checkpoints.latest_step() is not None:
+        state = checkpoints.restore(state)
+        logger.info("resumed from %s at step %d", checkpoints.directory, int(state["step"]))
+    elif resume_from:
+        state = TrainCheckpoints(resume_from, save_top_k=1, monitor=monitor.monitor, mode=monitor.mode).restore(state)
+    train_step = make_train_step(s, tx)
+    eval_step = make_eval_step(s)
+    batches = Batches(s)
+    log = RunLog(workdir_path, total_steps=steps, enabled=jax.process_index() == 0)
+    deadline = time.time() + trainer.max_time_minutes * 60 if trainer.max_time_minutes else None
+    step = int(state["step"])
+    epoch, index = int(state["epoch"]), int(state["batch_in_epoch"])
+    pending: list[dict] = []  # device scalars, fetched only when logging (no per-step sync)
+    window_start = time.time()
+    last_metrics: dict[str, Any] = {}
+    try:
+        while step < steps:
+            state, stats = train_step(state, frozen, batches.get(epoch, index))
+            step, index = step + 1, index + 1
+            if index == batches.per_epoch:
+                epoch, index = epoch + 1, 0
+            state["epoch"], state["batch_in_epoch"] = jnp.int32(epoch), jnp.int32(index)
+            pending.append(stats)
+            timed_out = deadline is not None and time.time() > deadline
+            if step % trainer.log_every_n_steps == 0 or step == steps or timed_out:
+                values = _step_log(jax.device_get(pending), time.time() - window_start)
+                values.update(lr=float(schedule(step - 1)), epoch=epoch, elapsed_s=time.time() - log.start)
+                log.write(step, values)
+                log.progress(step, values["loss"])
+                pending, window_start = [], time.time()
+            if step % trainer.val_check_interval == 0 or step == steps or timed_out:
+                last_metrics = _validate_and_save(s, state, frozen, eval_step, checkpoints, log, step)
+                window_start = time.time()  # validation time is not training throughput
+            if timed_out:
+                logger.warning("trainer.max_time_minutes=%s reached at step %d", trainer.max_time_minutes, step)
+                break
+        checkpoints.wait()
+        final = _finish(s, state, frozen, checkpoints, workdir_path, step, last_metrics)
+    finally:
+        log.close()
+        checkpoints.close()
+    return final
+
+
+def _step_log(fetched: list[dict], elapsed: float) -> dict[str, float]:
+    def total(key: str) -> float:
+        return float(sum(float(x[key]) for x in fetched))
+
+    return {
+        "loss": float(np.mean([x["loss"] for x in fetched])),
+        "grad_norm": float(fetched[-1]["grad_norm"]),
+        "tokens_per_s": total("padded_tokens") / elapsed,
+        "real_tokens_per_s": total("real_tokens") / elapsed,
+        "loss_tokens_per_s": total("loss_tokens") / elapsed,
+        "steps_per_s": len(fetched) / elapsed,
+    }
+
+
+def _validate_and_save(s, state, frozen, eval_step, checkpoints, log, step) -> dict[str, Any]:
+    """val_loss (+ task metrics), then the checkpoint (latest, and best candidate)."""
+    start = time.time()
+    values = validate_loss(s, eval_step, state["trainable"], frozen)
+    params = masking.merge(state["trainable"], frozen)
+    values.update(validate_tasks(s, frozen_tables(s, params["prompt"])))
+    if values:
+        values["val_time_s"] = time.time() - start
+        log.write(step, values)
+        logger.info("step %d: %s", step, {k: round(v, 4) for k, v in values.items()})
+    checkpoints.save(step, state, {k: float(v) for k, v in values.items()} or None)
+    return values
+
+
+def _finish(s, state, frozen, checkpoints, workdir, step, last_metrics) -> dict[str, Any]:
+    """Restores the best state by the monitored metric and writes the prompt model from it."""
+    best = checkpoints.best_step()
+    if best is not None and best != step:
+        state = checkpoints.restore(state, best, best=True)
+        logger.info("prompt model from the best checkpoint (step %d)", best)
+    params = masking.merge(state["trainable"], frozen)
+    directory = pathlib.Path(s.config.model.nemo_path or workdir / "prompt_model")
+    info = {"step": int(state["step"]), "best_step": best, "final_step": step}
+    write_prompt_model(s, params["prompt"], directory, info)
+    result = {"prompt_model": str(directory), "step": step, "best_step": best, **last_metrics}
+    logger.info("wrote %s", directory)
+    return result
+
+
+def main(argv: Sequence[str]) -> None:
+    """absl entry point: flags are parsed; user errors print one line and exit 2."""
+    del argv
+    from absl import flags
+
+    config = flags.FLAGS.config
+    try:
+        result = train_and_evaluate(config, flags.FLAGS.workdir)
+    except PtlearnError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(json_line(result))
+
+
+def json_line(values: Mapping[str, Any]) -> str:
+    """One JSON object; numpy scalars become plain numbers."""
+    import json
+
+    return json.dumps({k: (v.item() if hasattr(v, "item") else v) for k, v in values.items()})
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
+    flags.DEFINE_string("workdir", None, "where checkpoints, metrics and the prompt model go")
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)
