@@ -27,7 +27,8 @@ OPTIMIZERS = {
 
 
 def _warmup(step: jnp.ndarray, lr: float, warmup_steps: int) -> jnp.ndarray:
-    return lr * step / max(warmup_steps, 1)
+    # (step + 1): the first update already moves the parameters; lr is reached at warmup_steps-1.
+    return lr * (step + 1) / max(warmup_steps, 1)
 
 
 def make_schedule(
@@ -41,11 +42,9 @@ def make_schedule(
     """step (int) -> learning rate (float32 scalar), jit-friendly.
 
     `CosineAnnealing` (model.optim.sched.name, NeMo's CosineAnnealing / Megatron's cosine):
-    linear warmup from 0 to `lr` over `warmup_steps`, cosine decay from `lr` to `min_lr` over
+    linear warmup to `lr` over `warmup_steps` (step s gets lr * (s+1) / warmup_steps), cosine decay from `lr` to `min_lr` over
     decay_steps = max_steps - warmup_steps - constant_steps, then `min_lr` held for the last
-    `constant_steps` and beyond max_steps. NeMo's own code holds min_lr *after* the decay like
-    this; with constant_steps=0 it warms up as (step+1)/(warmup+1), which ptlearn does not copy
-    (one warmup rule for both cases).
+    `constant_steps` and beyond max_steps, as NeMo's own code does.
     `constant`: linear warmup over `warmup_steps` (if any), then `lr`.
     """
     key = {s.lower(): s for s in SCHEDULES}.get(str(name).lower())

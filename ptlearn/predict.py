@@ -93,7 +93,12 @@ def generate_answers(
             left_pad=True,
         )
         embeddings = _prompted_inputs(
-            lm.config, lm.lm_params, lm.tables, batch["ids"], batch["task_id"], batch["virtual_index"]
+            lm.config,
+            lm.lm_params,
+            lm.tables,
+            batch["ids"],
+            batch["task_id"],
+            batch["virtual_index"],
         )
         rng, batch_rng = jax.random.split(rng)
         tokens, lengths = decode(
@@ -223,7 +228,14 @@ def predict_records(
             f"the prompt within max_seq_length={lm.max_seq_length}"
         )
     inference_records = [
-        (n, {k: v for k, v in r.items() if k != lm.templates[_check_task(lm, r, f"{source}:{n}")].answer_field})
+        (
+            n,
+            {
+                k: v
+                for k, v in r.items()
+                if k != lm.templates[_check_task(lm, r, f"{source}:{n}")].answer_field
+            },
+        )
         for n, r in records
     ]
     encoded, stats = templates.encode_dataset(
@@ -306,7 +318,9 @@ def _define_flags():
     flags.DEFINE_string("prompt_model", None, "folder written by ptlearn.train (W/prompt_model)")
     flags.DEFINE_string("data", None, "jsonl file to predict (any mix of the model's tasks)")
     flags.DEFINE_string("pred_file", None, "where to write one prediction per input line")
-    flags.DEFINE_string("model", None, "base model ('default' or a path); default: the one trained on")
+    flags.DEFINE_string(
+        "model", None, "base model ('default' or a path); default: the one trained on"
+    )
     config_flags.DEFINE_config_dict("config", ConfigDict({"inference": inference_config()}))
     flags.mark_flags_as_required(["prompt_model", "data", "pred_file"])
     return flags.FLAGS

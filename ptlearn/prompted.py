@@ -37,7 +37,9 @@ def prompted_embeddings(
     ids, virtual_index: [B, T]; task_id: [B]; tables: [num_tasks, P, E] -> [B, T, E].
     """
     token_embeddings = model.apply({"params": lm_params}, ids, method=GPT.embed_tokens)
-    return prompts.combine(token_embeddings, tables.astype(token_embeddings.dtype), task_id, virtual_index)
+    return prompts.combine(
+        token_embeddings, tables.astype(token_embeddings.dtype), task_id, virtual_index
+    )
 
 
 def answer_nll(

@@ -115,7 +115,9 @@ def _gpt_config(config: ml_collections.ConfigDict, base: Any) -> Any:
             "'selective'"
         )
     remat = {"": "none", "full": "full", "selective": "dots"}[granularity]
-    return base.replace(dtype=config_lib.dtype_of_precision(config.trainer.precision), remat_policy=remat)
+    return base.replace(
+        dtype=config_lib.dtype_of_precision(config.trainer.precision), remat_policy=remat
+    )
 
 
 def setup(config: ml_collections.ConfigDict) -> Setup:
@@ -150,7 +152,9 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     if restored is not None:
         for entry in restored.templates:
             if entry["taskname"] in existing:
-                task_templates.setdefault(entry["taskname"], templates.parse_task_templates([entry])[entry["taskname"]])
+                task_templates.setdefault(
+                    entry["taskname"], templates.parse_task_templates([entry])[entry["taskname"]]
+                )
     for task in new_tasks + existing:
         if task not in task_templates:
             raise ConfigError(
@@ -169,7 +173,9 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
             f"{new_tasks}; {len(outside)} training example(s) belong to other tasks (only new "
             "tasks train; existing tasks keep their prompts)"
         )
-    val_records = _read_records(config_lib.as_tuple(m.data.validation_ds), "model.data.validation_ds")
+    val_records = _read_records(
+        config_lib.as_tuple(m.data.validation_ds), "model.data.validation_ds"
+    )
     served = {t: task_templates[t] for t in existing + new_tasks}
     unknown = [(f, n, r) for f, n, r in val_records if r.get("taskname") not in served]
     if unknown:
@@ -216,17 +222,23 @@ def init_prompt_params(s: Setup, rng: jax.Array) -> dict[str, Any]:
     num_tokens = [s.templates[t].total_virtual_tokens for t in s.new_tasks]
     if m.virtual_prompt_style == "p-tuning":
         params = nn.meta.unbox(
-            prompts.init_p_tuning(s.encoder_config, dict(zip(s.new_tasks, num_tokens, strict=True)), rng)
+            prompts.init_p_tuning(
+                s.encoder_config, dict(zip(s.new_tasks, num_tokens, strict=True)), rng
+            )
         )
     elif m.virtual_prompt_style == "prompt-tuning":
-        methods = _per_task(m.prompt_tuning.new_prompt_init_methods, s.new_tasks, "new_prompt_init_methods")
+        methods = _per_task(
+            m.prompt_tuning.new_prompt_init_methods, s.new_tasks, "new_prompt_init_methods"
+        )
         texts = _per_task(m.prompt_tuning.new_prompt_init_text, s.new_tasks, "new_prompt_init_text")
         token_ids = []
         for task, method, text in zip(s.new_tasks, methods, texts, strict=True):
             if method == "labels":
                 words = " ".join(s.label_sets.get(task, []))
                 if not words:
-                    raise ConfigError(f"task {task!r}: 'labels' init needs a closed label set in the training data")
+                    raise ConfigError(
+                        f"task {task!r}: 'labels' init needs a closed label set in the training data"
+                    )
                 token_ids.append(s.loaded.tokenizer.encode(" " + words))
             elif method == "text":
                 if not text:
@@ -248,7 +260,9 @@ def init_prompt_params(s: Setup, rng: jax.Array) -> dict[str, Any]:
             )
         )
     else:
-        raise ConfigError("model.virtual_prompt_style='inference' does not train; use ptlearn.predict")
+        raise ConfigError(
+            "model.virtual_prompt_style='inference' does not train; use ptlearn.predict"
+        )
     if s.restored is not None:
         existing = s.task_names[: len(s.task_names) - len(s.new_tasks)]
         tables = params.setdefault("tables", {})
@@ -298,6 +312,38 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int, labels: 
     return optim.with_frozen(tx, labels), schedule
 
 
+def init_state(s: Setup, steps: int) -> tuple[dict, Any, optax.GradientTransformation, Any]:
+    """(train state, frozen partition, optimizer, lr schedule) at step 0.
+
+    The state holds only what trains (trainable prompt leaves, their optimizer state, step,
+    data position, RNG); the frozen partition (the LM, restored tasks' tables) is built from
+    the base model and restore_path, never checkpointed and never handed to the optimizer.
+    """
+    init_rng, state_rng = jax.random.split(jax.random.key(s.config.model.seed))
+    lm_params = jax.tree_util.tree_map(
+        lambda x: jnp.asarray(x, s.model.config.param_dtype), s.loaded.params
+    )
+    params = {"lm": lm_params, "prompt": init_prompt_params(s, init_rng)}
+    labels = masking.param_labels(params, freeze_rules(s))
+    trainable, frozen = masking.split(params, labels)
+    if any(leaf is not None for leaf in jax.tree_util.tree_leaves(trainable["lm"])):
+        raise ConfigError(
+            "model.freeze_rules make language-model weights trainable; only prompt parameters "
+            "train in ptlearn"
+        )
+    trainable_labels, _ = masking.split(labels, labels)
+    tx, schedule = make_optimizer(s.config, steps, trainable_labels)
+    state = {
+        "step": jnp.int32(0),
+        "trainable": trainable,
+        "opt_state": tx.init(trainable),
+        "rng": jax.random.key_data(state_rng),
+        "epoch": jnp.int32(0),
+        "batch_in_epoch": jnp.int32(0),
+    }
+    return state, frozen, tx, schedule
+
+
 # --------------------------------------------------------------------------------------------
 # Steps
 
@@ -326,7 +372,7 @@ def make_train_step(s: Setup, tx: optax.GradientTransformation):
 
     @functools.partial(jax.jit, donate_argnums=(0,))
     def train_step(state, frozen, batch):
-        step_rng = jax.random.fold_in(state["rng"], state["step"])
+        step_rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
 
         def accumulate(carry, micro_and_index):
             grads, total, count = carry
@@ -351,7 +397,7 @@ def make_train_step(s: Setup, tx: optax.GradientTransformation):
         }
         stats = {
             "loss": total / jnp.maximum(count, 1.0),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "loss_tokens": count,
             "real_tokens": jnp.sum(batch["attention_mask"] * batch["weight"][..., None]),
             "padded_tokens": jnp.float32(batch["ids"].size),
@@ -449,7 +495,11 @@ def validate_loss(s: Setup, eval_step, trainable, frozen) -> dict[str, float]:
             break
         chunk = examples[start : start + size]
         batch = batching.collate(
-            chunk, task_index, batch_size=size, max_length=s.config.model.max_seq_length, pad_id=_pad_id(s)
+            chunk,
+            task_index,
+            batch_size=size,
+            max_length=s.config.model.max_seq_length,
+            pad_id=_pad_id(s),
         )
         nll, count = (np.asarray(x) for x in eval_step(trainable, frozen, batch))
         for example, row_nll, row_count in zip(chunk, nll, count, strict=False):
@@ -532,38 +582,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     s = setup(config)
     m, trainer = config.model, config.trainer
     steps = total_steps(s)
-    rng = jax.random.key(m.seed)
-    init_rng, state_rng = jax.random.split(rng)
-
-    lm_params = jax.tree_util.tree_map(
-        lambda x: jnp.asarray(x, s.model.config.param_dtype), s.loaded.params
-    )
-    params = {"lm": lm_params, "prompt": init_prompt_params(s, init_rng)}
-    labels = masking.param_labels(params, freeze_rules(s))
-    trainable, frozen = masking.split(params, labels)
-    if any(leaf is not None for leaf in jax.tree_util.tree_leaves(masking.split(labels["lm"], labels["lm"])[0])):
-        raise ConfigError("model.freeze_rules make language-model weights trainable; only prompt parameters train")
-    trainable_labels, _ = masking.split(labels, labels)
-    tx, schedule = make_optimizer(config, steps, trainable_labels)
-    state = {
-        "step": jnp.int32(0),
-        "trainable": trainable,
-        "opt_state": tx.init(trainable),
-        "rng": jax.random.key_data(state_rng),
-        "epoch": jnp.int32(0),
-        "batch_in_epoch": jnp.int32(0),
-        "best_val_loss": jnp.float32(np.inf),
-    }
+    state, frozen, tx, schedule = init_state(s, steps)
     monitor = config.exp_manager.checkpoint_callback_params
     checkpoints = TrainCheckpoints(
-        workdir_path / "checkpoints", save_top_k=monitor.save_top_k, monitor=monitor.monitor, mode=monitor.mode
+        workdir_path / "checkpoints",
+        save_top_k=monitor.save_top_k,
+        monitor=monitor.monitor,
+        mode=monitor.mode,
     )
     resume_from = trainer.resume_from_checkpoint
     if config.exp_manager.resume_if_exists and checkpoints.latest_step() is not None:
         state = checkpoints.restore(state)
         logger.info("resumed from %s at step %d", checkpoints.directory, int(state["step"]))
     elif resume_from:
-        state = TrainCheckpoints(resume_from, save_top_k=1, monitor=monitor.monitor, mode=monitor.mode).restore(state)
+        state = TrainCheckpoints(
+            resume_from, save_top_k=1, monitor=monitor.monitor, mode=monitor.mode
+        ).restore(state)
     train_step = make_train_step(s, tx)
     eval_step = make_eval_step(s)
     batches = Batches(s)
@@ -585,15 +619,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             timed_out = deadline is not None and time.time() > deadline
             if step % trainer.log_every_n_steps == 0 or step == steps or timed_out:
                 values = _step_log(jax.device_get(pending), time.time() - window_start)
-                values.update(lr=float(schedule(step - 1)), epoch=epoch, elapsed_s=time.time() - log.start)
+                values.update(
+                    lr=float(schedule(step - 1)), epoch=epoch, elapsed_s=time.time() - log.start
+                )
                 log.write(step, values)
                 log.progress(step, values["loss"])
                 pending, window_start = [], time.time()
             if step % trainer.val_check_interval == 0 or step == steps or timed_out:
-                last_metrics = _validate_and_save(s, state, frozen, eval_step, checkpoints, log, step)
+                last_metrics = _validate_and_save(
+                    s, state, frozen, eval_step, checkpoints, log, step
+                )
                 window_start = time.time()  # validation time is not training throughput
             if timed_out:
-                logger.warning("trainer.max_time_minutes=%s reached at step %d", trainer.max_time_minutes, step)
+                logger.warning(
+                    "trainer.max_time_minutes=%s reached at step %d", trainer.max_time_minutes, step
+                )
                 break
         checkpoints.wait()
         final = _finish(s, state, frozen, checkpoints, workdir_path, step, last_metrics)

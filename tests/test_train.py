@@ -1,0 +1,196 @@
+"""Training on the tiny model: only prompts change, artifacts, resume after SIGKILL, new tasks."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from tiny_model import tiny_config, write_tiny_data, write_tiny_model
+
+from ptlearn import predict, train
+from ptlearn.checkpoints.prompt_model import load_prompt_model
+from ptlearn.data.jsonl import read_jsonl, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return write_tiny_model(root / "model"), write_tiny_data(root / "data")
+
+
+@pytest.mark.parametrize("style", ["p-tuning", "prompt-tuning"])
+def test_one_step_changes_only_prompt_parameters(tiny, style):
+    config = tiny_config(*tiny, style=style)
+    s = train.setup(config)
+    state, frozen, tx, _ = train.init_state(s, 6)
+    lm_before = jax.tree.map(np.array, frozen["lm"])
+    prompt_before = jax.tree.map(np.array, state["trainable"]["prompt"])
+    assert all(
+        leaf is None
+        for leaf in jax.tree.leaves(state["trainable"]["lm"], is_leaf=lambda x: x is None)
+    )
+    batch = train.Batches(s).get(0, 0)
+    new_state, stats = train.make_train_step(s, tx)(state, frozen, batch)
+    assert np.isfinite(float(stats["loss"]))
+    # The frozen partition is never an output of the step: it is the same buffers, unchanged.
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, frozen["lm"]), lm_before)
+    changed = jax.tree.map(
+        lambda a, b: not np.array_equal(np.asarray(a), b),
+        new_state["trainable"]["prompt"],
+        prompt_before,
+    )
+    assert all(jax.tree.leaves(changed))
+    # Optimizer moments exist for prompt leaves only: their sizes add up to 2 x the prompt's.
+    prompt_size = sum(x.size for x in jax.tree.leaves(prompt_before))
+    moment_size = sum(
+        x.size for x in jax.tree.leaves(new_state["opt_state"]) if hasattr(x, "size") and x.ndim > 0
+    )
+    assert moment_size == 2 * prompt_size
+
+
+def test_train_then_predict(tiny, tmp_path, capsys):
+    model, data = tiny
+    config = tiny_config(model, data)
+    result = train.train_and_evaluate(config, str(tmp_path))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
+    assert {"loss", "lr", "tokens_per_s", "real_tokens_per_s"} <= set(steps[0])
+    assert sum("val_loss" in r for r in records) == 3
+    assert any("val_sentiment/accuracy" in r for r in records)
+    assert list((tmp_path / "tensorboard").iterdir())
+    artifact = tmp_path / "prompt_model"
+    assert result["prompt_model"] == str(artifact)
+    size = sum(f.stat().st_size for f in artifact.iterdir())
+    assert size < 50_000  # prompt tables and metadata only, never base weights
+    prompt_model = load_prompt_model(artifact)
+    assert prompt_model.tables["sentiment"].shape == (4, 64)
+    assert prompt_model.label_sets["sentiment"] == ["negative", "neutral", "positive"]
+
+    lm, _ = predict.load_prompted_lm(str(artifact))
+    records = [(i + 1, r) for i, r in enumerate(read_jsonl(data["test"]))]
+    preds = predict.predict_records(lm, records, config.inference)
+    assert len(preds) == len(records)
+    ranking = config.inference.copy_and_resolve_references()
+    ranking.rank_classification = True
+    ranked = predict.predict_records(lm, records, ranking, label_sets=prompt_model.label_sets)
+    assert set(ranked) <= {"negative", "neutral", "positive"} and len(ranked) == len(records)
+
+
+CONFIG_FILE = """
+import sys
+sys.path.insert(0, {tests!r})
+import pathlib
+from tiny_model import tiny_config
+
+
+def get_config():
+    data = {{k: pathlib.Path(v) for k, v in {data!r}.items()}}
+    c = tiny_config(pathlib.Path({model!r}), data)
+    c.trainer.max_steps = 40
+    c.trainer.val_check_interval = 5
+    c.trainer.log_every_n_steps = 5
+    return c
+"""
+
+
+def _write_config(tmp_path, model, data):
+    path = tmp_path / "tiny_config.py"
+    tests = os.path.dirname(os.path.abspath(__file__))
+    path.write_text(
+        CONFIG_FILE.format(tests=tests, model=str(model), data={k: str(v) for k, v in data.items()})
+    )
+    return path
+
+
+def _run(cmd, **kwargs):
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, **kwargs)
+
+
+def _losses(workdir):
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_resumes_to_the_same_result(tiny, tmp_path):
+    config_file = _write_config(tmp_path, *tiny)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    cmd = [sys.executable, "-m", "ptlearn.train", f"--config={config_file}"]
+    done = _run(cmd + [f"--workdir={whole}"])
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen(
+        cmd + [f"--workdir={killed}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    last = killed / "checkpoints" / "last"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (
+        last.is_dir() and any(p.name.isdigit() for p in last.iterdir())
+    ):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "prompt_model").exists(), "the run finished before it could be killed"
+    resumed_from = max(int(p.name) for p in last.iterdir() if p.name.isdigit())
+    assert resumed_from < 40
+
+    again = _run(cmd + [f"--workdir={killed}"])
+    assert again.returncode == 0, again.stderr[-2000:]
+    a = load_prompt_model(whole / "prompt_model")
+    b = load_prompt_model(killed / "prompt_model")
+    np.testing.assert_array_equal(a.tables["sentiment"], b.tables["sentiment"])
+    assert a.training["best_step"] == b.training["best_step"]
+    whole_losses, killed_losses = _losses(whole), _losses(killed)
+    for step in range(resumed_from + 5, 41, 5):
+        assert killed_losses[step] == whole_losses[step]
+
+
+def test_adding_a_task_keeps_old_prompts_bit_identical(tiny, tmp_path):
+    model, data = tiny
+    first = train.train_and_evaluate(tiny_config(model, data), str(tmp_path / "first"))
+    old = load_prompt_model(first["prompt_model"])
+
+    topic = tmp_path / "topic.jsonl"
+    write_jsonl(
+        topic,
+        [
+            {"taskname": "topic", "text": r["sentence"], "answer": r["sentence"].split()[0]}
+            for r in read_jsonl(data["train"])
+        ],
+    )
+    config = tiny_config(model, data)
+    config.model.restore_path = first["prompt_model"]
+    config.model.existing_tasks = ("sentiment",)
+    config.model.new_tasks = ("topic",)
+    config.model.task_templates = (
+        dict(
+            taskname="topic",
+            prompt_template="<|VIRTUAL_PROMPT_0|> {text} first word:{answer}",
+            total_virtual_tokens=3,
+            virtual_token_splits=(3,),
+            answer_field="answer",
+            truncate_field=None,
+            answer_only_loss=True,
+        ),
+    )
+    config.model.data.train_ds = (str(topic),)
+    config.model.data.validation_ds = (str(topic),)
+    second = train.train_and_evaluate(config, str(tmp_path / "second"))
+    new = load_prompt_model(second["prompt_model"])
+    assert sorted(new.tables) == ["sentiment", "topic"]
+    assert new.tables["sentiment"].tobytes() == old.tables["sentiment"].tobytes()
+
+    records = [(i + 1, r) for i, r in enumerate(read_jsonl(data["test"]))]
+    before, _ = predict.load_prompted_lm(first["prompt_model"])
+    after, _ = predict.load_prompted_lm(second["prompt_model"])
+    assert predict.predict_records(before, records, config.inference) == predict.predict_records(
+        after, records, config.inference
+    )
