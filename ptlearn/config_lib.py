@@ -229,3 +229,73 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("lr", "weight_decay"):
         if m.optim[key] < 0:
             raise ConfigError(f"model.optim.{key} must be >= 0")
+
+
+# The seed applications' templates (SPEC sections 2-3); configs pick from these.
+REFERENCE_TASKS = {
+    "sentiment": dict(
+        prompt_template="<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
+        answer_field="label",
+        data="data/fpb",
+        tokens_to_generate=4,
+    ),
+    "squad": dict(
+        prompt_template="<|VIRTUAL_PROMPT_0|> Context: {context}\n\nQuestion: {question}\n\nAnswer: {answer}",
+        answer_field="answer",
+        truncate_field="context",
+        data="data/squad",
+        tokens_to_generate=24,
+    ),
+    "intent_and_slot": dict(
+        prompt_template="<|VIRTUAL_PROMPT_0|> {utterance}{label}",
+        answer_field="label",
+        data="data/assistant",
+        tokens_to_generate=40,
+    ),
+}
+
+
+def reference_task(
+    taskname: str, virtual_tokens: int = 10, data_dir: str | None = None
+) -> tuple[ml_collections.ConfigDict, dict[str, str]]:
+    """(template entry, {"train", "validation", "test"} jsonl paths) of a seed application."""
+    spec = REFERENCE_TASKS[taskname]
+    template = task_template(
+        taskname,
+        spec["prompt_template"],
+        total_virtual_tokens=virtual_tokens,
+        virtual_token_splits=(virtual_tokens,),
+        answer_field=spec["answer_field"],
+        truncate_field=spec.get("truncate_field"),
+    )
+    folder = data_dir or spec["data"]
+    files = {
+        k: f"{folder}/{name}.jsonl"
+        for k, name in (("train", "train"), ("validation", "val"), ("test", "test"))
+    }
+    return template, files
+
+
+def single_task_config(
+    taskname: str,
+    style: str,
+    *,
+    model: str,
+    data_dir: str | None,
+    steps: int,
+    virtual_tokens: int = 10,
+) -> ml_collections.ConfigDict:
+    """base_config() set up to train one seed application on one CPU within ~30 minutes."""
+    c = base_config()
+    template, files = reference_task(taskname, virtual_tokens, data_dir)
+    c.model.language_model_path = model
+    c.model.virtual_prompt_style = style
+    c.model.new_tasks = (taskname,)
+    c.model.task_templates = (template,)
+    c.model.data.train_ds = (files["train"],)
+    c.model.data.validation_ds = (files["validation"],)
+    c.model.data.test_ds = (files["test"],)
+    c.trainer.max_steps = steps
+    c.trainer.max_time_minutes = 28.0
+    c.inference.tokens_to_generate = REFERENCE_TASKS[taskname]["tokens_to_generate"]
+    return c

@@ -580,7 +580,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir_path = pathlib.Path(config.exp_manager.explicit_log_dir or workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
     s = setup(config)
-    m, trainer = config.model, config.trainer
+    trainer = config.trainer
     steps = total_steps(s)
     state, frozen, tx, schedule = init_state(s, steps)
     monitor = config.exp_manager.checkpoint_callback_params

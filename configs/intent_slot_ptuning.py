@@ -1,0 +1,26 @@
+"""P-tuning (LSTM encoder) for intent and slot filling on the NLU Evaluation (Assistant) data.
+
+  python -m ptlearn.data.prepare assistant --raw_dir=../shared/data --out_dir=data/assistant
+  python -m ptlearn.train --config=configs/intent_slot_ptuning.py --workdir=runs/intent_slot
+
+Arguments: encoder, data, model, steps.
+"""
+
+from ptlearn import config_lib
+
+
+def get_config(arg=None):
+    args = config_lib.parse_arg(
+        arg, encoder="lstm", data="data/assistant", model="default", steps=800
+    )
+    c = config_lib.single_task_config(
+        "intent_and_slot", "p-tuning", model=args.model, data_dir=args.data, steps=args.steps
+    )
+    c.model.max_seq_length = 128
+    c.model.p_tuning.encoder_type = args.encoder
+    c.model.p_tuning.encoder_hidden = 512
+    c.model.optim.lr = 1e-3
+    c.model.optim.sched.warmup_steps = 30
+    c.trainer.val_check_interval = 200
+    c.inference.batch_size = 64
+    return c
