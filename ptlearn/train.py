@@ -120,8 +120,53 @@ def _gpt_config(config: ml_collections.ConfigDict, base: Any) -> Any:
     )
 
 
+def _restore(m: Any, existing: list[str]) -> PromptModel | None:
+    if not m.restore_path:
+        return None
+    restored = load_prompt_model(m.restore_path)
+    missing = [t for t in existing if t not in restored.tables]
+    if missing:
+        raise ConfigError(
+            f"model.existing_tasks names {missing}, which {m.restore_path} does not hold "
+            f"(it holds {restored.tasks})"
+        )
+    if restored.base_model["sha256"] != file_checksum(resolve_model(m.language_model_path)):
+        raise ConfigError(
+            f"model.restore_path={m.restore_path} was trained on another base model "
+            f"({restored.base_model['file']}); set model.language_model_path to it"
+        )
+    return restored
+
+
+def _served_templates(
+    m: Any, new_tasks: list[str], existing: list[str], restored: PromptModel | None
+) -> dict[str, templates.TaskTemplate]:
+    """Templates of the tasks this run serves: new ones from the config, old ones restored."""
+    task_templates = templates.parse_task_templates(m.task_templates)
+    if restored is not None:
+        kept = [e for e in restored.templates if e["taskname"] in existing]
+        for task, template in templates.parse_task_templates(kept).items():
+            task_templates.setdefault(task, template)
+    for task in new_tasks + existing:
+        if task not in task_templates:
+            raise ConfigError(
+                f"task {task!r} has no entry in model.task_templates (defined: "
+                f"{sorted(task_templates)})"
+            )
+    return {t: task_templates[t] for t in existing + new_tasks}
+
+
+def _check_tasks(records: list[tuple[str, int, dict]], allowed: Sequence[str], why: str) -> None:
+    for name, line_no, record in records:
+        if record.get("taskname") not in allowed:
+            raise DataError(
+                f"{name}:{line_no}: task {record.get('taskname')!r} is not one this run can use "
+                f"({why}: {list(allowed)})"
+            )
+
+
 def setup(config: ml_collections.ConfigDict) -> Setup:
-    """Validates the config, loads the base model, templates and data."""
+    """Validates the config and reads templates and data, then loads the base model."""
     config_lib.validate(config)
     m = config.model
     if m.tensor_model_parallel_size > 1 or m.sequence_parallel:
@@ -131,58 +176,18 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
         )
     new_tasks = list(config_lib.as_tuple(m.new_tasks))
     existing = list(config_lib.as_tuple(m.existing_tasks))
-    restored = None
-    if m.restore_path:
-        restored = load_prompt_model(m.restore_path)
-        missing = [t for t in existing if t not in restored.tables]
-        if missing:
-            raise ConfigError(
-                f"model.existing_tasks names {missing}, which {m.restore_path} does not hold "
-                f"(it holds {restored.tasks})"
-            )
-    loaded = load_model(m.language_model_path)
-    if restored is not None and restored.base_model["sha256"] != file_checksum(
-        resolve_model(m.language_model_path)
-    ):
-        raise ConfigError(
-            f"model.restore_path={m.restore_path} was trained on another base model "
-            f"({restored.base_model['file']}); set model.language_model_path to it"
-        )
-    task_templates = templates.parse_task_templates(m.task_templates)
-    if restored is not None:
-        for entry in restored.templates:
-            if entry["taskname"] in existing:
-                task_templates.setdefault(
-                    entry["taskname"], templates.parse_task_templates([entry])[entry["taskname"]]
-                )
-    for task in new_tasks + existing:
-        if task not in task_templates:
-            raise ConfigError(
-                f"task {task!r} has no entry in model.task_templates (defined: "
-                f"{sorted(task_templates)})"
-            )
-    max_len = min(m.max_seq_length, loaded.config.max_position_embeddings)
+    restored = _restore(m, existing)
+    served = _served_templates(m, new_tasks, existing, restored)
     train_records = _read_records(config_lib.as_tuple(m.data.train_ds), "model.data.train_ds")
     if not train_records:
         raise ConfigError("model.data.train_ds: give at least one training jsonl file")
-    outside = [(f, n) for f, n, r in train_records if r.get("taskname") not in new_tasks]
-    if outside:
-        f, n = outside[0]
-        raise DataError(
-            f"{f}:{n}: task {train_records[0][2].get('taskname')!r} is not in model.new_tasks "
-            f"{new_tasks}; {len(outside)} training example(s) belong to other tasks (only new "
-            "tasks train; existing tasks keep their prompts)"
-        )
+    _check_tasks(train_records, new_tasks, "only model.new_tasks train")
     val_records = _read_records(
         config_lib.as_tuple(m.data.validation_ds), "model.data.validation_ds"
     )
-    served = {t: task_templates[t] for t in existing + new_tasks}
-    unknown = [(f, n, r) for f, n, r in val_records if r.get("taskname") not in served]
-    if unknown:
-        f, n, r = unknown[0]
-        raise DataError(
-            f"{f}:{n}: unknown taskname {r.get('taskname')!r}; this run serves {sorted(served)}"
-        )
+    _check_tasks(val_records, list(served), "the tasks this run serves")
+    loaded = load_model(m.language_model_path)
+    max_len = min(m.max_seq_length, loaded.config.max_position_embeddings)
     encoder_config = None
     if m.virtual_prompt_style == "p-tuning":
         p = m.p_tuning

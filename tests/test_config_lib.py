@@ -1,0 +1,74 @@
+"""Config helpers and the CLI's override forms."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from ptlearn import config_lib
+from ptlearn.errors import ConfigError
+
+
+def test_parse_arg_types_after_defaults():
+    args = config_lib.parse_arg("encoder=lstm,steps=40,fast", encoder="mlp", steps=600, fast=False)
+    assert (args.encoder, args.steps, args.fast) == ("lstm", 40, True)
+    with pytest.raises(ConfigError, match="'encodr' is not known"):
+        config_lib.parse_arg("encodr=lstm", encoder="mlp")
+
+
+def test_as_tuple_reads_single_values_and_tuple_strings():
+    assert config_lib.as_tuple("a.jsonl") == ("a.jsonl",)
+    assert config_lib.as_tuple("('a.jsonl', 'b.jsonl')") == ("a.jsonl", "b.jsonl")
+    assert config_lib.as_tuple(("x",)) == ("x",)
+    assert config_lib.as_tuple("") == ()
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("model.global_batch_size", 12, "not a multiple"),
+        ("model.virtual_prompt_style", "lora", "virtual_prompt_style"),
+        ("trainer.precision", "fp8", "trainer.precision"),
+        ("model.existing_tasks", ("sentiment",), "both name|needs model.restore_path"),
+    ],
+)
+def test_validate_names_the_key(key, value, message):
+    config = config_lib.single_task_config(
+        "sentiment", "p-tuning", model="default", data_dir="d", steps=10
+    )
+    section, name = key.split(".")
+    config[section][name] = value
+    with pytest.raises(ConfigError, match=message):
+        config_lib.validate(config)
+
+
+@pytest.mark.parametrize(
+    "override, missing",
+    [
+        ("--config.model.data.train_ds=/nonexistent/F.jsonl", "/nonexistent/F.jsonl"),
+        (
+            "--config.model.data.train_ds=('/nonexistent/a.jsonl', 'b.jsonl')",
+            "/nonexistent/a.jsonl",
+        ),
+    ],
+)
+def test_list_keys_take_one_file_or_a_tuple(override, missing, tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ptlearn.train",
+            "--config=configs/sentiment_ptuning.py",
+            f"--workdir={tmp_path}",
+            override,
+            "--config.model.language_model_path=/nonexistent/model.gguf",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=pathlib.Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 2
+    # The data is read before the model: the error names the first training file.
+    assert f"{missing}: no such file" in proc.stderr
