@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ptlearn import prompts
@@ -45,20 +46,25 @@ def prompted_embeddings(
 def answer_nll(
     model: GPT, lm_params: dict, tables: jax.Array, batch: Mapping[str, jax.Array]
 ) -> tuple[jax.Array, jax.Array]:
-    """Per-token NLL where the loss counts.
+    """NLL of each loss target; logits are computed at those positions only, not at all T.
 
-    batch: ids, virtual_index, loss_mask, positions, attention_mask [B, T]; task_id, weight [B].
-    Returns (nll [B, T-1] float32, zero where the loss does not count; mask [B, T-1] float32).
+    batch: ids, virtual_index, positions, attention_mask [B, T]; task_id, weight [B];
+    target_index, target_mask [B, K] (see batching.collate).
+    Returns (nll [B, K] float32, zero where nothing counts; mask [B, K] float32).
     """
     embeddings = prompted_embeddings(
         model, lm_params, tables, batch["ids"], batch["task_id"], batch["virtual_index"]
     )
-    logits, _ = model.apply(
+    hidden, _ = model.apply(
         {"params": lm_params},
-        embeddings=embeddings[:, :-1],
-        positions=batch["positions"][:, :-1],
-        attention_mask=batch["attention_mask"][:, :-1],
+        embeddings=embeddings,
+        positions=batch["positions"],
+        attention_mask=batch["attention_mask"],
+        return_hidden=True,
     )
-    mask = batch["loss_mask"][:, 1:] * batch["weight"][:, None]
-    nll = token_nll(logits, batch["ids"][:, 1:]) * mask
-    return nll, mask
+    # The token at t is predicted from the hidden state at t - 1.
+    source = jnp.take_along_axis(hidden, (batch["target_index"] - 1)[..., None], axis=1)
+    logits = model.apply({"params": lm_params}, source, method=GPT.logits)
+    targets = jnp.take_along_axis(batch["ids"], batch["target_index"], axis=1)
+    mask = batch["target_mask"] * batch["weight"][:, None]
+    return token_nll(logits, targets) * mask, mask

@@ -71,10 +71,14 @@ def collate(
 
     Rows beyond len(examples) are padding rows with weight 0. Right padding for training,
     left padding (`left_pad`) for decoding. Returns ids, virtual_index, loss_mask, positions,
-    attention_mask: [batch_size, T] (T = bucket of the longest row); task_id, weight: [batch_size].
+    attention_mask: [batch_size, T] (T = bucket of the longest row); task_id, weight: [batch_size];
+    target_index, target_mask: [batch_size, K], the positions whose token is a loss target
+    (K = a multiple of 8 covering the row with most targets), so logits are computed there only.
     """
     longest = max(len(e.ids) for e in examples)
     length = bucket_length(longest, max(max_length, longest))
+    most_targets = max(int(np.count_nonzero(e.loss_mask)) for e in examples)
+    num_targets = min(max(-(-most_targets // 8) * 8, 8), length)
     batch = {
         "ids": np.full((batch_size, length), pad_id, np.int32),
         "virtual_index": np.full((batch_size, length), -1, np.int32),
@@ -83,6 +87,8 @@ def collate(
         "attention_mask": np.zeros((batch_size, length), bool),
         "task_id": np.zeros((batch_size,), np.int32),
         "weight": np.zeros((batch_size,), np.float32),
+        "target_index": np.ones((batch_size, num_targets), np.int32),
+        "target_mask": np.zeros((batch_size, num_targets), np.float32),
     }
     for row, example in enumerate(examples):
         n = len(example.ids)
@@ -94,6 +100,9 @@ def collate(
         batch["attention_mask"][row, cols] = True
         batch["task_id"][row] = task_index[example.taskname]
         batch["weight"][row] = 1.0
+        targets = np.flatnonzero(example.loss_mask) + cols.start
+        batch["target_index"][row, : len(targets)] = targets
+        batch["target_mask"][row, : len(targets)] = example.loss_mask[targets - cols.start]
     return batch
 
 
