@@ -398,7 +398,7 @@ def from_sentencepiece(model_file: PathLike) -> SentencePieceTokenizer:
     )
 
 
-def _read_json(path: pathlib.Path) -> dict:
+def read_json_object(path: pathlib.Path) -> dict:
     """The JSON object in ``path``, or ``{}`` when the file does not exist."""
     if not path.is_file():
         return {}
@@ -430,7 +430,7 @@ def from_byte_level_bpe(
     ``<|endoftext|>`` is always special. No special ids are set; callers set them.
     """
     vocab_path, merges_path = pathlib.Path(vocab_file), pathlib.Path(merges_file)
-    vocab = _read_json(vocab_path)
+    vocab = read_json_object(vocab_path)
     if not vocab:
         raise CheckpointError(f"{vocab_path}: missing or empty BPE vocabulary")
     if not merges_path.is_file():
@@ -478,9 +478,9 @@ def from_hf_folder(folder: PathLike) -> Tokenizer:
     root = pathlib.Path(folder)
     if not root.is_dir():
         raise CheckpointError(f"{root}: tokenizer folder not found")
-    tok_config = _read_json(root / "tokenizer_config.json")
-    special_map = _read_json(root / "special_tokens_map.json")
-    model_config = _read_json(root / "config.json")
+    tok_config = read_json_object(root / "tokenizer_config.json")
+    special_map = read_json_object(root / "special_tokens_map.json")
+    model_config = read_json_object(root / "config.json")
     named = [
         t
         for src in (tok_config, special_map)

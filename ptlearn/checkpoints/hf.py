@@ -118,13 +118,9 @@ def read_weights(root: pathlib.Path) -> tuple[dict[str, np.ndarray], str]:
 def _read_config(path: pathlib.Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: not found; a Hugging Face model folder needs config.json")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: invalid JSON ({e})") from e
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return config
+    from ptlearn.tokenizers import read_json_object
+
+    return read_json_object(path)
 
 
 def _need(config: Mapping[str, Any], key: str, source: str) -> Any:
