@@ -160,7 +160,9 @@ class Block(nn.Module):
         )(h)
         x = x + h
         # Pin the residual stream's layout at block boundaries (a no-op without a mesh).
-        x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "embed"))
+        x = nn.with_logical_constraint(
+            x, ("activation_batch", "activation_length", "activation_embed")
+        )
         return x, cache
 
 
@@ -245,7 +247,9 @@ class GPT(nn.Module):
         query_slots = start + jnp.arange(length)
         causal = jnp.arange(num_keys)[None, :] <= query_slots[:, None]  # [T, S]
         mask = causal[None] & attention_mask[:, None, :].astype(bool)  # [B, T, S]
-        x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "embed"))
+        x = nn.with_logical_constraint(
+            x, ("activation_batch", "activation_length", "activation_embed")
+        )
         x, cache = self.layers(x, positions, mask, cache, start)
         hidden = self.final_norm(x)
         if return_hidden:

@@ -12,7 +12,8 @@ tasks still being p-tuned). `prompt_tables` turns the tree into one [num_tasks, 
 per step and `combine` writes its rows into the virtual-token slots of the token embeddings.
 
 Logical axes: `prompt_tokens` (the P virtual tokens), `prompt_embed` (E or E_in),
-`prompt_hidden` (encoder hidden, replicated) and `prompt_mlp` (tpmlp's hidden, which the
+`prompt_hidden` / `prompt_hidden_out` (encoder hidden, the input and output side of square
+kernels, both replicated) and `prompt_mlp` (tpmlp's hidden, which the
 sharding rules map to the model axis). Init functions return parameters boxed with these axes
 (as `gpt.init_params` does); every other function also accepts plain (unboxed) arrays.
 """
@@ -267,7 +268,7 @@ class LSTMDirection(nn.Module):
         w_rec = self.param(
             "recurrent_kernel",
             nn.with_logical_partitioning(
-                nn.initializers.normal(self.init_std), ("prompt_hidden", "prompt_hidden")
+                nn.initializers.normal(self.init_std), ("prompt_hidden", "prompt_hidden_out")
             ),
             (h, 4 * h),
             jnp.float32,
@@ -307,7 +308,7 @@ class PromptEncoder(nn.Module):
                 last = i == c.num_layers - 1
                 axes = (
                     "prompt_embed" if i == 0 else "prompt_hidden",
-                    "prompt_embed" if last else "prompt_hidden",
+                    "prompt_embed" if last else "prompt_hidden_out",
                 )
                 width = c.embed_dim if last else c.encoder_hidden
                 x = _dense(width, axes, c.init_std, f"layer_{i}")(x)
@@ -326,7 +327,7 @@ class PromptEncoder(nn.Module):
             x = jnp.concatenate([fwd, bwd], axis=-1)
             if i < c.num_layers - 1:
                 x = dropout(x)
-        x = _dense(hidden, ("prompt_hidden", "prompt_hidden"), c.init_std, "head_0")(x)
+        x = _dense(hidden, ("prompt_hidden", "prompt_hidden_out"), c.init_std, "head_0")(x)
         x = dropout(nn.relu(x))
         return _dense(c.embed_dim, ("prompt_hidden", "prompt_embed"), c.init_std, "head_1")(x)
 
