@@ -73,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     """Every key a prompt-learning run reads, with NeMo's names and sensible defaults."""
     c = ml_collections.ConfigDict()
     c.trainer = dict(
-        devices=1,
+        devices=1,  # devices per process (-1: all); data parallel = devices / (TP x FSDP)
         num_nodes=1,
         accelerator="auto",
         precision="32",
@@ -135,6 +135,20 @@ def base_config() -> ml_collections.ConfigDict:
         ),
     )
     c.inference = inference_config()
+    # ptlearn: the device mesh (data x fsdp x model) and multi-host runtime.
+    c.mesh = dict(
+        fsdp=1,  # FSDP degree: weights' embed dimension sharded over it, batch split too
+        rules=(),  # (logical axis, mesh axes) overrides of ptlearn.sharding.DEFAULT_RULES
+    )
+    c.distributed = dict(  # the fields of ptlearn.distributed.distributed_config()
+        auto=False,
+        coordinator_address="",
+        num_processes=1,
+        process_id=0,
+        local_device_ids=(),
+        cpu_collectives="gloo",
+        initialization_timeout=300,
+    )
     return c
 
 

@@ -162,3 +162,15 @@ def host_local_to_global(
         sharding = NamedSharding(mesh, sharding)
     local_batch = jax.tree_util.tree_map(np.asarray, local_batch)
     return jax.make_array_from_process_local_data(sharding, local_batch)
+
+
+def to_host(tree: Any) -> Any:
+    """Numpy copies of (possibly multi-process, sharded) jax.Arrays, the same in every process."""
+    from jax.experimental import multihost_utils
+
+    def one(x: Any) -> np.ndarray:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree_util.tree_map(one, tree)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptlearn import metrics, prompted, templates
+from ptlearn import distributed, metrics, prompted, sharding, templates
 from ptlearn.data import batching, jsonl
 from ptlearn.errors import CheckpointError, PtlearnError
 from ptlearn.generate import Sampling, decode
@@ -112,7 +112,7 @@ def generate_answers(
             sampling=sampling,
             eos_ids=eos,
         )
-        tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+        tokens, lengths = distributed.to_host((tokens, lengths))
         for row, index in enumerate(rows):
             new = tokens[row, : lengths[row]].tolist()
             if new and new[-1] in eos:
@@ -171,14 +171,17 @@ def rank_answers(
             max_length=lm.max_seq_length,
             pad_id=pad_id,
         )
-        totals = np.asarray(_sequence_nll(lm.config, lm.lm_params, lm.tables, batch))
+        totals = distributed.to_host(_sequence_nll(lm.config, lm.lm_params, lm.tables, batch))
         for (index, label, _), total in zip(chunk, totals, strict=False):
             scores.setdefault(index, []).append((float(total), label))
     return [min(scores[i])[1] if i in scores else "" for i in range(len(records))]
 
 
-def load_prompted_lm(prompt_model_dir: str, model: str | None = None) -> PromptedLM:
-    """The prompt model at `prompt_model_dir` on its base model (or `model`), checksum-checked."""
+def load_prompted_lm(
+    prompt_model_dir: str, model: str | None = None, *, mesh: Any = None, rules: Any = None
+) -> tuple[PromptedLM, Any]:
+    """(the prompt model at `prompt_model_dir` on its base model (or `model`), checksum-checked;
+    the artifact). With a mesh, the base model's weights are sharded after its logical axes."""
     from ptlearn.checkpoints import file_checksum, load_model, resolve_model
     from ptlearn.checkpoints.prompt_model import load_prompt_model
 
@@ -197,7 +200,7 @@ def load_prompted_lm(prompt_model_dir: str, model: str | None = None) -> Prompte
     parsed = templates.parse_task_templates(artifact.templates)
     return PromptedLM(
         config=loaded.config,
-        lm_params=jax.tree_util.tree_map(jnp.asarray, loaded.params),
+        lm_params=_place(loaded, mesh, rules),
         tables=prompted.stack_tables(artifact.tables, task_names),
         task_names=task_names,
         templates=parsed,
@@ -206,6 +209,12 @@ def load_prompted_lm(prompt_model_dir: str, model: str | None = None) -> Prompte
         add_bos=bool(artifact.encoding["add_bos"]),
         add_eos=bool(artifact.encoding["add_eos"]),
     ), artifact
+
+
+def _place(loaded: Any, mesh: Any, rules: Any) -> Any:
+    if mesh is None:
+        return jax.tree_util.tree_map(jnp.asarray, loaded.params)
+    return jax.device_put(loaded.params, prompted.lm_shardings(loaded.config, mesh, rules))
 
 
 def predict_records(
@@ -284,17 +293,21 @@ def main(argv: Sequence[str]) -> None:
     del argv
     flags = _FLAGS
     try:
-        lm, artifact = load_prompted_lm(flags.prompt_model, flags.model)
+        c = flags.config
+        mesh = sharding.make_mesh(
+            c.model.tensor_model_parallel_size,
+            c.mesh.fsdp,
+            sharding.select_devices(c.trainer.devices),
+        )
+        rules = sharding.rules_from_config(c.mesh.rules)
+        lm, artifact = load_prompted_lm(flags.prompt_model, flags.model, mesh=mesh, rules=rules)
         records = list(jsonl.iter_numbered_jsonl(flags.data))
         if not records:
             raise PtlearnError(f"--data={flags.data}: the file holds no examples")
-        predictions = predict_records(
-            lm,
-            records,
-            flags.config.inference,
-            label_sets=artifact.label_sets,
-            source=flags.data,
-        )
+        with sharding.activate(mesh, rules):
+            predictions = predict_records(
+                lm, records, c.inference, label_sets=artifact.label_sets, source=flags.data
+            )
         out = pathlib.Path(flags.pred_file)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("".join(p.replace("\n", "\\n") + "\n" for p in predictions))
@@ -321,7 +334,16 @@ def _define_flags():
     flags.DEFINE_string(
         "model", None, "base model ('default' or a path); default: the one trained on"
     )
-    config_flags.DEFINE_config_dict("config", ConfigDict({"inference": inference_config()}))
+    config = ConfigDict(
+        {
+            "inference": inference_config(),
+            # Where the base model runs: as in training (trainer.devices per process, TP, FSDP).
+            "trainer": {"devices": 1},
+            "model": {"tensor_model_parallel_size": 1},
+            "mesh": {"fsdp": 1, "rules": ()},
+        }
+    )
+    config_flags.DEFINE_config_dict("config", config)
     flags.mark_flags_as_required(["prompt_model", "data", "pred_file"])
     return flags.FLAGS
 

@@ -5,14 +5,21 @@ validation, rank classification and decoding.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptlearn import prompts
+from ptlearn import gpt, prompts, sharding
 from ptlearn.gpt import GPT
 from ptlearn.losses import token_nll
+
+
+def lm_shardings(config: gpt.GPTConfig, mesh: Any, rules: Any) -> Any:
+    """NamedShardings of the GPT's parameter tree (inside "params") from its logical axes."""
+    boxed = jax.eval_shape(lambda: gpt.init_params(config, jax.random.key(0)))
+    return sharding.logical_to_sharding(boxed, mesh, rules)["params"]
 
 
 def stack_tables(tables: Mapping[str, np.ndarray], task_names: Sequence[str]) -> np.ndarray:

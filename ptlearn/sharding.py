@@ -61,6 +61,19 @@ DEFAULT_RULES: Rules = (
 )
 
 
+def select_devices(per_process: int) -> list[Any]:
+    """The first `per_process` devices of every process (all of them when <= 0)."""
+    chosen = []
+    for process in range(jax.process_count()):
+        mine = sorted((d for d in jax.devices() if d.process_index == process), key=lambda d: d.id)
+        if per_process > len(mine):
+            raise ConfigError(
+                f"trainer.devices={per_process}: process {process} has only {len(mine)} devices"
+            )
+        chosen.extend(mine[:per_process] if per_process > 0 else mine)
+    return chosen
+
+
 def make_mesh(tensor_parallel: int, fsdp: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
     """A ("data", "fsdp", "model") mesh of shape [n / (TP x FSDP), FSDP, TP].
 

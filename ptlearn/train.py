@@ -26,8 +26,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
-from ptlearn import config_lib, masking, optim, predict, prompted, prompts, templates
+from ptlearn import (
+    config_lib,
+    distributed,
+    masking,
+    optim,
+    predict,
+    prompted,
+    prompts,
+    sharding,
+    templates,
+)
 from ptlearn.checkpoints import file_checksum, load_model, resolve_model
 from ptlearn.checkpoints.prompt_model import PromptModel, load_prompt_model, save_prompt_model
 from ptlearn.checkpoints.train_state import TrainCheckpoints
@@ -59,6 +70,9 @@ class Setup:
     val_examples: list[templates.EncodedExample]
     val_records: list[tuple[int, dict]]
     label_sets: dict[str, list[str]]
+    mesh: Any  # jax.sharding.Mesh ("data", "fsdp", "model")
+    rules: Any  # logical-axis rules (sharding.Rules)
+    accumulation: int  # micro-batches per step: global / (micro x data-parallel)
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,11 +183,13 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     """Validates the config and reads templates and data, then loads the base model."""
     config_lib.validate(config)
     m = config.model
-    if m.tensor_model_parallel_size > 1 or m.sequence_parallel:
-        raise ConfigError(
-            "model.tensor_model_parallel_size > 1 and model.sequence_parallel need the sharded "
-            f"trainer, which this build does not have yet (got TP={m.tensor_model_parallel_size})"
-        )
+    mesh = sharding.make_mesh(
+        m.tensor_model_parallel_size,
+        config.mesh.fsdp,
+        sharding.select_devices(config.trainer.devices),
+    )
+    rules = sharding.rules_from_config(config.mesh.rules, sequence_parallel=m.sequence_parallel)
+    accumulation = sharding.accumulation_steps(m.global_batch_size, m.micro_batch_size, mesh, rules)
     new_tasks = list(config_lib.as_tuple(m.new_tasks))
     existing = list(config_lib.as_tuple(m.existing_tasks))
     restored = _restore(m, existing)
@@ -214,6 +230,9 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
         val_examples=_encode(val_records, served, loaded.tokenizer, m.data, max_len),
         val_records=[(n, r) for _, n, r in val_records],
         label_sets={t: v for t, v in label_sets.items() if t in served},
+        mesh=mesh,
+        rules=rules,
+        accumulation=accumulation,
     )
 
 
@@ -222,14 +241,13 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
 
 
 def init_prompt_params(s: Setup, rng: jax.Array) -> dict[str, Any]:
-    """Fresh parameters for the new tasks, plus the restored tables of existing tasks."""
+    """Fresh parameters for the new tasks (boxed with logical axes), plus the restored tables
+    of existing tasks (plain arrays: replicated)."""
     m = s.config.model
     num_tokens = [s.templates[t].total_virtual_tokens for t in s.new_tasks]
     if m.virtual_prompt_style == "p-tuning":
-        params = nn.meta.unbox(
-            prompts.init_p_tuning(
-                s.encoder_config, dict(zip(s.new_tasks, num_tokens, strict=True)), rng
-            )
+        params = prompts.init_p_tuning(
+            s.encoder_config, dict(zip(s.new_tasks, num_tokens, strict=True)), rng
         )
     elif m.virtual_prompt_style == "prompt-tuning":
         methods = _per_task(
@@ -254,15 +272,13 @@ def init_prompt_params(s: Setup, rng: jax.Array) -> dict[str, Any]:
                 token_ids.append(s.loaded.tokenizer.encode(text))
             else:
                 token_ids.append(None)
-        params = nn.meta.unbox(
-            prompts.init_prompt_tuning(
-                s.new_tasks,
-                num_tokens,
-                methods,
-                token_ids,
-                s.loaded.params["embed"]["embedding"],
-                rng,
-            )
+        params = prompts.init_prompt_tuning(
+            s.new_tasks,
+            num_tokens,
+            methods,
+            token_ids,
+            s.loaded.params["embed"]["embedding"],
+            rng,
         )
     else:
         raise ConfigError(
@@ -272,7 +288,7 @@ def init_prompt_params(s: Setup, rng: jax.Array) -> dict[str, Any]:
         existing = s.task_names[: len(s.task_names) - len(s.new_tasks)]
         tables = params.setdefault("tables", {})
         for task in existing:
-            tables[task] = jnp.asarray(s.restored.tables[task])
+            tables[task] = np.asarray(s.restored.tables[task])
     return params
 
 
@@ -318,17 +334,26 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int, labels: 
 
 
 def init_state(s: Setup, steps: int) -> tuple[dict, Any, optax.GradientTransformation, Any]:
-    """(train state, frozen partition, optimizer, lr schedule) at step 0.
+    """(train state, frozen partition, optimizer, lr schedule) at step 0, placed on the mesh.
 
     The state holds only what trains (trainable prompt leaves, their optimizer state, step,
     data position, RNG); the frozen partition (the LM, restored tasks' tables) is built from
     the base model and restore_path, never checkpointed and never handed to the optimizer.
+    Shardings come from the parameters' logical axes: the LM Megatron-style over the model
+    axis, prompts replicated (tpmlp's hidden split), the optimizer state like its parameters.
     """
     init_rng, state_rng = jax.random.split(jax.random.key(s.config.model.seed))
-    lm_params = jax.tree_util.tree_map(
-        lambda x: jnp.asarray(x, s.model.config.param_dtype), s.loaded.params
-    )
-    params = {"lm": lm_params, "prompt": init_prompt_params(s, init_rng)}
+    boxed_prompt = init_prompt_params(s, init_rng)
+    shardings = {
+        "lm": prompted.lm_shardings(s.model.config, s.mesh, s.rules),
+        "prompt": sharding.logical_to_sharding(boxed_prompt, s.mesh, s.rules),
+    }
+    dtype = s.model.config.param_dtype
+    params = {
+        "lm": jax.tree_util.tree_map(lambda x: np.asarray(x, dtype), s.loaded.params),
+        "prompt": jax.tree_util.tree_map(np.asarray, nn.meta.unbox(boxed_prompt)),
+    }
+    params = jax.device_put(params, shardings)
     labels = masking.param_labels(params, freeze_rules(s))
     trainable, frozen = masking.split(params, labels)
     if any(leaf is not None for leaf in jax.tree_util.tree_leaves(trainable["lm"])):
@@ -337,14 +362,26 @@ def init_state(s: Setup, steps: int) -> tuple[dict, Any, optax.GradientTransform
             "train in ptlearn"
         )
     trainable_labels, _ = masking.split(labels, labels)
+    trainable_shardings, _ = masking.split(shardings, labels)
     tx, schedule = make_optimizer(s.config, steps, trainable_labels)
+    replicated = NamedSharding(s.mesh, PartitionSpec())
+    opt_shardings = optax.tree_map_params(
+        tx,
+        lambda _, sharding_of_param: sharding_of_param,
+        jax.eval_shape(tx.init, trainable),
+        trainable_shardings,
+        transform_non_params=lambda _: replicated,
+    )
+    scalars = {
+        "step": np.int32(0),
+        "rng": np.asarray(jax.random.key_data(state_rng)),
+        "epoch": np.int32(0),
+        "batch_in_epoch": np.int32(0),
+    }
     state = {
-        "step": jnp.int32(0),
         "trainable": trainable,
-        "opt_state": tx.init(trainable),
-        "rng": jax.random.key_data(state_rng),
-        "epoch": jnp.int32(0),
-        "batch_in_epoch": jnp.int32(0),
+        "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(trainable),
+        **jax.device_put(scalars, replicated),
     }
     return state, frozen, tx, schedule
 
@@ -462,8 +499,11 @@ class Batches:
         self.per_epoch = _steps_per_epoch(s)
         self._epoch: int | None = None
         self._order: list[np.ndarray] = []
+        self.batch_sharding = sharding.batch_sharding(s.mesh, s.rules, micro_batched=True)
+        self.row_sharding = sharding.batch_sharding(s.mesh, s.rules)
 
-    def get(self, epoch: int, index: int) -> dict[str, np.ndarray]:
+    def get(self, epoch: int, index: int) -> dict[str, jax.Array]:
+        """Global batch arrays [A, M, ...] on the mesh; this process collates only its rows."""
         m = self.s.config.model
         if epoch != self._epoch:
             self._order = batching.epoch_batches(
@@ -474,15 +514,24 @@ class Batches:
                 shuffle=m.data.shuffle,
             )
             self._epoch = epoch
-        rows = [self.s.train_examples[i] for i in self._order[index]]
+        order = self._order[index]
+        grid = order.reshape(self.s.accumulation, -1)  # [A, M]: micro-batches of the step
+        rows = distributed.process_batch_slice(grid.shape[1], sharding=self.row_sharding)
+        examples = [self.s.train_examples[i] for i in order]
+        # Shapes come from the whole global batch, so every process builds the same ones.
+        length, num_targets = batching.batch_shape(examples, m.max_seq_length)
+        local = grid[:, rows]
         batch = batching.collate(
-            rows,
+            [self.s.train_examples[i] for i in local.reshape(-1)],
             self.task_index,
-            batch_size=m.global_batch_size,
+            batch_size=local.size,
             max_length=m.max_seq_length,
             pad_id=_pad_id(self.s),
+            length=length,
+            num_targets=num_targets,
         )
-        return batching.split_micro_batches(batch, m.global_batch_size // m.micro_batch_size)
+        batch = batching.split_micro_batches(batch, self.s.accumulation)
+        return distributed.host_local_to_global(batch, self.s.mesh, self.batch_sharding)
 
 
 def validate_loss(s: Setup, eval_step, trainable, frozen) -> dict[str, float]:
@@ -506,7 +555,7 @@ def validate_loss(s: Setup, eval_step, trainable, frozen) -> dict[str, float]:
             max_length=s.config.model.max_seq_length,
             pad_id=_pad_id(s),
         )
-        nll, count = (np.asarray(x) for x in eval_step(trainable, frozen, batch))
+        nll, count = distributed.to_host(eval_step(trainable, frozen, batch))
         for example, row_nll, row_count in zip(chunk, nll, count, strict=False):
             sums[example.taskname] = sums.get(example.taskname, 0.0) + float(row_nll)
             counts[example.taskname] = counts.get(example.taskname, 0.0) + float(row_count)
@@ -519,10 +568,10 @@ def validate_loss(s: Setup, eval_step, trainable, frozen) -> dict[str, float]:
 def frozen_tables(s: Setup, prompt_params: Any) -> dict[str, np.ndarray]:
     """Per-task [P, E] tables for serving (p-tuning's encoder output frozen)."""
     frozen = prompts.freeze_to_tables(prompt_params, s.encoder_config, s.task_names)
-    return {t: np.asarray(v, np.float32) for t, v in frozen["tables"].items()}
+    return {t: np.asarray(v, np.float32) for t, v in distributed.to_host(frozen["tables"]).items()}
 
 
-def validate_tasks(s: Setup, tables: Mapping[str, np.ndarray]) -> dict[str, float]:
+def validate_tasks(s: Setup, lm_params: Any, tables: Mapping[str, np.ndarray]) -> dict[str, float]:
     """Task metrics (SPEC section 5) on the first validation examples, by generation."""
     limit = s.config.model.data.validation_metric_examples
     records = s.val_records[:limit] if limit else []
@@ -530,7 +579,7 @@ def validate_tasks(s: Setup, tables: Mapping[str, np.ndarray]) -> dict[str, floa
         return {}
     lm = predict.PromptedLM(
         config=s.model.config,
-        lm_params=s.loaded.params,
+        lm_params=lm_params,
         tables=prompted.stack_tables(tables, s.task_names),
         task_names=s.task_names,
         templates=s.templates,
@@ -603,49 +652,60 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state = TrainCheckpoints(
             resume_from, save_top_k=1, monitor=monitor.monitor, mode=monitor.mode
         ).restore(state)
+    log = RunLog(workdir_path, total_steps=steps, enabled=distributed.is_writer())
+    try:
+        # Jitted steps are traced under the mesh's axis rules (the activation constraints).
+        with sharding.activate(s.mesh, s.rules):
+            state, step, last_metrics = _train_loop(
+                s, state, frozen, tx, schedule, checkpoints, log, steps
+            )
+            checkpoints.wait()
+            return _finish(s, state, frozen, checkpoints, workdir_path, step, last_metrics)
+    finally:
+        log.close()
+        checkpoints.close()
+
+
+def _train_loop(s, state, frozen, tx, schedule, checkpoints, log, steps):
+    """Steps from the state's position to `steps` (or the time limit); returns the last state,
+    its step and the last validation's metrics."""
+    trainer = s.config.trainer
     train_step = make_train_step(s, tx)
     eval_step = make_eval_step(s)
     batches = Batches(s)
-    log = RunLog(workdir_path, total_steps=steps, enabled=jax.process_index() == 0)
+    replicated = NamedSharding(s.mesh, PartitionSpec())
     deadline = time.time() + trainer.max_time_minutes * 60 if trainer.max_time_minutes else None
     step = int(state["step"])
     epoch, index = int(state["epoch"]), int(state["batch_in_epoch"])
     pending: list[dict] = []  # device scalars, fetched only when logging (no per-step sync)
     window_start = time.time()
     last_metrics: dict[str, Any] = {}
-    try:
-        while step < steps:
-            state, stats = train_step(state, frozen, batches.get(epoch, index))
-            step, index = step + 1, index + 1
-            if index == batches.per_epoch:
-                epoch, index = epoch + 1, 0
-            state["epoch"], state["batch_in_epoch"] = jnp.int32(epoch), jnp.int32(index)
-            pending.append(stats)
-            timed_out = deadline is not None and time.time() > deadline
-            if step % trainer.log_every_n_steps == 0 or step == steps or timed_out:
-                values = _step_log(jax.device_get(pending), time.time() - window_start)
-                values.update(
-                    lr=float(schedule(step - 1)), epoch=epoch, elapsed_s=time.time() - log.start
-                )
-                log.write(step, values)
-                log.progress(step, values["loss"])
-                pending, window_start = [], time.time()
-            if step % trainer.val_check_interval == 0 or step == steps or timed_out:
-                last_metrics = _validate_and_save(
-                    s, state, frozen, eval_step, checkpoints, log, step
-                )
-                window_start = time.time()  # validation time is not training throughput
-            if timed_out:
-                logger.warning(
-                    "trainer.max_time_minutes=%s reached at step %d", trainer.max_time_minutes, step
-                )
-                break
-        checkpoints.wait()
-        final = _finish(s, state, frozen, checkpoints, workdir_path, step, last_metrics)
-    finally:
-        log.close()
-        checkpoints.close()
-    return final
+    while step < steps:
+        state, stats = train_step(state, frozen, batches.get(epoch, index))
+        step, index = step + 1, index + 1
+        if index == batches.per_epoch:
+            epoch, index = epoch + 1, 0
+        position = {"epoch": np.int32(epoch), "batch_in_epoch": np.int32(index)}
+        state.update(jax.device_put(position, replicated))
+        pending.append(stats)
+        timed_out = deadline is not None and time.time() > deadline
+        if step % trainer.log_every_n_steps == 0 or step == steps or timed_out:
+            values = _step_log(distributed.to_host(pending), time.time() - window_start)
+            values.update(
+                lr=float(schedule(step - 1)), epoch=epoch, elapsed_s=time.time() - log.start
+            )
+            log.write(step, values)
+            log.progress(step, values["loss"])
+            pending, window_start = [], time.time()
+        if step % trainer.val_check_interval == 0 or step == steps or timed_out:
+            last_metrics = _validate_and_save(s, state, frozen, eval_step, checkpoints, log, step)
+            window_start = time.time()  # validation time is not training throughput
+        if timed_out:
+            logger.warning(
+                "trainer.max_time_minutes=%s reached at step %d", trainer.max_time_minutes, step
+            )
+            break
+    return state, step, last_metrics
 
 
 def _step_log(fetched: list[dict], elapsed: float) -> dict[str, float]:
@@ -667,7 +727,7 @@ def _validate_and_save(s, state, frozen, eval_step, checkpoints, log, step) -> d
     start = time.time()
     values = validate_loss(s, eval_step, state["trainable"], frozen)
     params = masking.merge(state["trainable"], frozen)
-    values.update(validate_tasks(s, frozen_tables(s, params["prompt"])))
+    values.update(validate_tasks(s, params["lm"], frozen_tables(s, params["prompt"])))
     if values:
         values["val_time_s"] = time.time() - start
         log.write(step, values)
@@ -685,7 +745,8 @@ def _finish(s, state, frozen, checkpoints, workdir, step, last_metrics) -> dict[
     params = masking.merge(state["trainable"], frozen)
     directory = pathlib.Path(s.config.model.nemo_path or workdir / "prompt_model")
     info = {"step": int(state["step"]), "best_step": best, "final_step": step}
-    write_prompt_model(s, params["prompt"], directory, info)
+    if distributed.is_writer():
+        write_prompt_model(s, params["prompt"], directory, info)
     result = {"prompt_model": str(directory), "step": step, "best_step": best, **last_metrics}
     logger.info("wrote %s", directory)
     return result
@@ -698,11 +759,13 @@ def main(argv: Sequence[str]) -> None:
 
     config = flags.FLAGS.config
     try:
+        distributed.initialize(config.distributed)
         result = train_and_evaluate(config, flags.FLAGS.workdir)
     except PtlearnError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(json_line(result))
+    if distributed.is_writer():
+        print(json_line(result))
 
 
 def json_line(values: Mapping[str, Any]) -> str:

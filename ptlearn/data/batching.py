@@ -58,6 +58,15 @@ def epoch_batches(
     return batches
 
 
+def batch_shape(examples: Sequence[Any], max_length: int) -> tuple[int, int]:
+    """(T, K) for a batch of these examples: T the bucketed length of the longest row, K the
+    number of target slots (a multiple of 8 covering the row with most loss targets)."""
+    longest = max(len(e.ids) for e in examples)
+    length = bucket_length(longest, max(max_length, longest))
+    most_targets = max(int(np.count_nonzero(e.loss_mask)) for e in examples)
+    return length, min(max(-(-most_targets // 8) * 8, 8), length)
+
+
 def collate(
     examples: Sequence[Any],
     task_index: Mapping[str, int],
@@ -66,6 +75,8 @@ def collate(
     max_length: int,
     pad_id: int,
     left_pad: bool = False,
+    length: int | None = None,
+    num_targets: int | None = None,
 ) -> Batch:
     """Stacks encoded examples (templates.EncodedExample) into padded arrays.
 
@@ -74,11 +85,11 @@ def collate(
     attention_mask: [batch_size, T] (T = bucket of the longest row); task_id, weight: [batch_size];
     target_index, target_mask: [batch_size, K], the positions whose token is a loss target
     (K = a multiple of 8 covering the row with most targets), so logits are computed there only.
+    `length` / `num_targets` fix T and K (e.g. to a global batch's, when each process collates
+    only its rows).
     """
-    longest = max(len(e.ids) for e in examples)
-    length = bucket_length(longest, max(max_length, longest))
-    most_targets = max(int(np.count_nonzero(e.loss_mask)) for e in examples)
-    num_targets = min(max(-(-most_targets // 8) * 8, 8), length)
+    if length is None or num_targets is None:
+        length, num_targets = batch_shape(examples, max_length)
     batch = {
         "ids": np.full((batch_size, length), pad_id, np.int32),
         "virtual_index": np.full((batch_size, length), -1, np.int32),
