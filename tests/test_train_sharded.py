@@ -146,3 +146,19 @@ def test_two_processes_match_one_process_with_their_devices(tiny, tmp_path):
     for step in got:
         assert got[step] == pytest.approx(expected[step], rel=1e-4)
     assert np.isfinite(list(got.values())).all()
+
+
+def test_sharded_predictions_equal_single_device(tiny, single):
+    from ptlearn import predict, sharding
+    from ptlearn.data.jsonl import iter_numbered_jsonl
+
+    records = list(iter_numbered_jsonl(tiny[1]["test"]))
+    inference = tiny_config(*tiny).inference
+    alone, _ = predict.load_prompted_lm(str(single / "prompt_model"))
+    expected = predict.predict_records(alone, records, inference)
+    mesh = sharding.make_mesh(2, 1, sharding.select_devices(-1))
+    rules = sharding.rules_from_config(())
+    meshed, _ = predict.load_prompted_lm(str(single / "prompt_model"), mesh=mesh, rules=rules)
+    assert "model" in str(meshed.lm_params["embed"]["embedding"].sharding.spec)
+    with sharding.activate(mesh, rules):
+        assert predict.predict_records(meshed, records, inference) == expected
