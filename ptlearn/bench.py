@@ -1,0 +1,580 @@
+"""Throughput and memory of ptlearn's real train step, prompted forward and decoder (issue 5).
+
+  python -m ptlearn.bench --model=default --mode=prompt --batch=8 --seq=128 --virtual_tokens=10 \
+      --steps=10 [--dtype=float32|bfloat16] [--frozen_dtype=float32|bfloat16]
+  python -m ptlearn.bench --model=default --data=F.jsonl --config=configs/sentiment_ptuning.py \
+      --steps=10
+
+Prints one JSON line. The fixed-shape workloads mirror ../shared/peer/bench_peft.py (the PEFT
+harness): seeded synthetic ids in [17, vocab) (no special ids), virtual tokens prepended, the
+loss over every text token (PEFT's labels=input_ids; `--answer_tokens=N` keeps only the last N),
+AdamW, one step = forward + backward + optimizer update. The timed step is ptlearn's own:
+`train.make_train_step` / `train.make_eval_step` on collated batches, `predict.generate_answers`
+for decoding. The first call (trace + compile + one run) is reported as compile_s; then
+`--steps` calls are timed, each ended by `jax.block_until_ready`.
+
+Token counts: `tokens_per_s` counts every position of the padded batch, `real_tokens_per_s` the
+non-padding ones including virtual tokens, `text_tokens_per_s` the non-padding text tokens only
+(what the PEFT harness calls real_tokens_per_s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from ptlearn import (
+    config_lib,
+    distributed,
+    predict,
+    prompted,
+    prompts,
+    sharding,
+    templates,
+    train,
+)
+from ptlearn.checkpoints import load_model
+from ptlearn.data import batching
+from ptlearn.errors import ConfigError, PtlearnError
+from ptlearn.gpt import GPT
+
+MODES = ("forward", "prompt", "ptune-mlp", "ptune-lstm", "generate")
+DTYPES = {"float32": "32", "bfloat16": "bf16"}  # --dtype -> trainer.precision
+TASK = "bench"
+# The PEFT harness's defaults: its text init, its lr, and ids below 17 are special tokens.
+PEER_INIT_TEXT = "Answer the following question truthfully and concisely:"
+PEER_LR = 1e-4
+FIRST_ID = 17
+# Keys of a collated batch that have a time axis, and what padding fills them with.
+TIME_KEYS = ("ids", "virtual_index", "loss_mask", "positions", "attention_mask")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage block
+        raise PtlearnError(f"ptlearn.bench: {message}")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Command-line flags -> options; bad values raise PtlearnError."""
+    p = _Parser(prog="python -m ptlearn.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--mode", default=None, help=f"one of {', '.join(MODES)}")
+    p.add_argument("--model", default=None, help="'default' or a checkpoint path")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=128, help="text tokens per row (virtual extra)")
+    p.add_argument("--virtual_tokens", type=int, default=10)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--dtype", default="float32", help="compute dtype: float32 | bfloat16")
+    p.add_argument("--frozen_dtype", default="float32", help="storage of the frozen LM weights")
+    p.add_argument("--answer_tokens", type=int, default=0, help="0: loss on every text token")
+    p.add_argument("--prompt_len", type=int, default=40, help="generate: text tokens a prompt")
+    p.add_argument("--new_tokens", type=int, default=64, help="generate: tokens per row")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default=None, help="a task jsonl: time the real input pipeline")
+    p.add_argument("--config", default=None, help="with --data: configs/X.py[:arg]")
+    args = p.parse_args(list(argv))
+    _check_args(args)
+    return args
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for name in ("dtype", "frozen_dtype"):
+        if getattr(args, name) not in DTYPES:
+            raise PtlearnError(f"--{name}={getattr(args, name)}: use one of {', '.join(DTYPES)}")
+    for name in ("batch", "seq", "steps", "virtual_tokens", "prompt_len", "new_tokens"):
+        if getattr(args, name) < 1:
+            raise PtlearnError(f"--{name}={getattr(args, name)} must be >= 1")
+    if not 0 <= args.answer_tokens <= args.seq:
+        raise PtlearnError(f"--answer_tokens={args.answer_tokens} must be in [0, --seq]")
+    if args.data is not None:
+        if args.mode is not None:
+            raise PtlearnError("--data takes its prompt style from --config; drop --mode")
+        if args.config is None:
+            raise PtlearnError("--data needs --config=configs/X.py (the run to measure)")
+    elif args.mode not in MODES:
+        raise PtlearnError(f"--mode={args.mode}: use one of {', '.join(MODES)} (or --data)")
+
+
+# --------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+def device_description() -> dict[str, Any]:
+    """The accelerator (or CPU) the run used, for the JSON line."""
+    device = jax.devices()[0]
+    return {
+        "device": f"{device.platform}:{device.device_kind}",
+        "device_count": jax.device_count(),
+        "host": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "jax": jax.__version__,
+    }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_calls(call: Callable[[], Any], steps: int) -> tuple[float, list[float]]:
+    """(first call's seconds: compile + one run, [steps] seconds of the following calls).
+
+    `call` returns device arrays; each call ends when they are ready.
+    """
+    start = time.perf_counter()
+    jax.block_until_ready(call())
+    compile_s = time.perf_counter() - start
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        jax.block_until_ready(call())
+        times.append(time.perf_counter() - start)
+    return compile_s, times
+
+
+def with_frozen_dtype(s: train.Setup, frozen_dtype: str) -> train.Setup:
+    """The Setup with its LM weights stored in `frozen_dtype` (init_state casts them to the
+    model's param_dtype); prompts and optimizer state stay float32."""
+    config = s.model.config.replace(param_dtype=frozen_dtype)
+    return dataclasses.replace(s, model=GPT(config))
+
+
+def synthetic_config(args: argparse.Namespace, hidden_size: int) -> ml_collections.ConfigDict:
+    """A run config for the fixed-shape modes, shaped like the PEFT harness's workload."""
+    c = config_lib.base_config()
+    c.model.language_model_path = args.model
+    ptuning = args.mode in ("ptune-mlp", "ptune-lstm")
+    c.model.virtual_prompt_style = "p-tuning" if ptuning else "prompt-tuning"
+    c.model.new_tasks = (TASK,)
+    c.model.task_templates = (
+        config_lib.task_template(
+            TASK,
+            "<|VIRTUAL_PROMPT_0|>{text}{answer}",
+            total_virtual_tokens=args.virtual_tokens,
+            virtual_token_splits=(args.virtual_tokens,),
+            answer_field="answer",
+        ),
+    )
+    # Rows fill max_seq_length exactly, so no bucket padding: PEFT processes seq + P too.
+    c.model.max_seq_length = args.virtual_tokens + args.seq
+    c.model.global_batch_size = c.model.micro_batch_size = args.batch
+    c.model.prompt_tuning.new_prompt_init_methods = ("text",)
+    c.model.prompt_tuning.new_prompt_init_text = (PEER_INIT_TEXT,)
+    # PEFT's encoders: MLP = 3 Linear layers (2 ReLU), LSTM = 2-layer BiLSTM + MLP head;
+    # encoder_hidden_size defaults to the token dimension.
+    c.model.p_tuning.encoder_type = "lstm" if args.mode == "ptune-lstm" else "mlp"
+    c.model.p_tuning.num_layers = 3 if args.mode == "ptune-mlp" else 2
+    c.model.p_tuning.encoder_hidden = hidden_size
+    c.model.p_tuning.dropout = 0.0
+    c.model.optim.lr = PEER_LR
+    c.model.optim.sched.warmup_steps = 0
+    c.trainer.precision = DTYPES[args.dtype]
+    c.trainer.max_steps = args.steps + 1
+    config_lib.validate(c)
+    return c
+
+
+def synthetic_setup(args: argparse.Namespace, loaded: Any) -> train.Setup:
+    """A train.Setup on one device for the synthetic task (no data files read)."""
+    c = synthetic_config(args, loaded.config.hidden_size)
+    encoder_config = None
+    if c.model.virtual_prompt_style == "p-tuning":
+        p = c.model.p_tuning
+        encoder_config = prompts.EncoderConfig(
+            encoder_type=p.encoder_type,
+            embed_dim=loaded.config.hidden_size,
+            num_layers=p.num_layers,
+            encoder_hidden=p.encoder_hidden,
+            dropout=p.dropout,
+            init_std=p.init_std,
+        )
+    mesh = sharding.make_mesh(1, 1, sharding.select_devices(1))
+    model_config = loaded.config.replace(
+        dtype=config_lib.dtype_of_precision(c.trainer.precision), param_dtype=args.frozen_dtype
+    )
+    return train.Setup(
+        config=c,
+        loaded=loaded,
+        model=GPT(model_config),
+        task_names=[TASK],
+        new_tasks=[TASK],
+        templates=templates.parse_task_templates(c.model.task_templates),
+        restored=None,
+        encoder_config=encoder_config,
+        train_examples=[],
+        val_examples=[],
+        val_records=[],
+        label_sets={},
+        mesh=mesh,
+        rules=sharding.rules_from_config((), sequence_parallel=False),
+        accumulation=1,
+    )
+
+
+def synthetic_examples(
+    rows: int, text_len: int, virtual: int, vocab_size: int, answer_tokens: int, seed: int
+) -> list[templates.EncodedExample]:
+    """`rows` examples: `virtual` virtual tokens, then `text_len` seeded ids in [17, vocab).
+
+    answer_tokens: 0 puts the loss on every text token (as PEFT's labels=input_ids: the first
+    text token is predicted from the last virtual one); N > 0 on the last N only.
+    """
+    if vocab_size <= FIRST_ID:
+        raise ConfigError(f"the model's vocabulary ({vocab_size}) has no ids >= {FIRST_ID}")
+    ids = np.random.default_rng(seed).integers(FIRST_ID, vocab_size, (rows, text_len))
+    length = virtual + text_len
+    counted = text_len if answer_tokens == 0 else answer_tokens
+    loss_mask = np.zeros(length, np.float32)
+    loss_mask[length - counted :] = 1.0
+    virtual_index = np.concatenate([np.arange(virtual), np.full(text_len, -1)]).astype(np.int32)
+    fill = np.full(virtual, templates.VIRTUAL_FILL_ID)
+    return [
+        templates.EncodedExample(
+            taskname=TASK,
+            ids=np.concatenate([fill, row]).astype(np.int32),
+            virtual_index=virtual_index,
+            loss_mask=loss_mask,
+            answer_start=length - counted,
+        )
+        for row in ids
+    ]
+
+
+def _pad_id(loaded: Any) -> int:
+    pad = loaded.tokenizer.pad_id
+    return 0 if pad is None else pad
+
+
+def _header(args: argparse.Namespace, mode: str, model: str) -> dict[str, Any]:
+    return {
+        "mode": mode,
+        "model": model,
+        "dtype": args.dtype,
+        "frozen_dtype": args.frozen_dtype,
+        "batch": args.batch,
+        "seq": args.seq,
+        "virtual_tokens": args.virtual_tokens,
+        "steps": args.steps,
+    }
+
+
+def _rates(median: float, padded: float, real: float, text: float) -> dict[str, float]:
+    return {
+        "median_s_per_step": round(median, 6),
+        "tokens_per_s": round(padded / median, 1),
+        "real_tokens_per_s": round(real / median, 1),
+        "text_tokens_per_s": round(text / median, 1),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Fixed-shape modes
+
+
+def bench_fixed(args: argparse.Namespace) -> dict[str, Any]:
+    """forward / prompt / ptune-mlp / ptune-lstm on one synthetic batch [batch, seq + P]."""
+    loaded = load_model(args.model)
+    load_peak = peak_rss_mb()
+    s = synthetic_setup(args, loaded)
+    examples = synthetic_examples(
+        args.batch,
+        args.seq,
+        args.virtual_tokens,
+        loaded.config.vocab_size,
+        args.answer_tokens,
+        args.seed,
+    )
+    host = batching.collate(
+        examples,
+        {TASK: 0},
+        batch_size=args.batch,
+        max_length=s.config.model.max_seq_length,
+        pad_id=_pad_id(loaded),
+    )
+    state, frozen, tx, _ = train.init_state(s, args.steps + 1)
+    result = _header(args, args.mode, args.model)
+    summary = param_summary(state["trainable"], frozen)  # before the donating step runs
+    with sharding.activate(s.mesh, s.rules):
+        if args.mode == "forward":
+            # The eval step: prompted forward + answer NLL, no gradient.
+            eval_step = train.make_eval_step(s)
+            batch = jax.device_put(host, sharding.batch_sharding(s.mesh, s.rules))
+            compile_s, times = time_calls(
+                lambda: eval_step(state["trainable"], frozen, batch), args.steps
+            )
+            loss = None
+        else:
+            train_step = train.make_train_step(s, tx)
+            micro = batching.split_micro_batches(host, s.accumulation)
+            batch = jax.device_put(
+                micro, sharding.batch_sharding(s.mesh, s.rules, micro_batched=True)
+            )
+            holder = {"state": state}
+
+            def one_step():
+                holder["state"], stats = train_step(holder["state"], frozen, batch)
+                holder["stats"] = stats
+                return holder["state"], stats
+
+            compile_s, times = time_calls(one_step, args.steps)
+            loss = float(holder["stats"]["loss"])
+    real = float(host["attention_mask"].sum())
+    text = float((host["attention_mask"] & (host["virtual_index"] < 0)).sum())
+    result.update(_rates(statistics.median(times), host["ids"].size, real, text))
+    result.update(
+        {
+            "padded_length": int(host["ids"].shape[1]),
+            "loss_targets_per_row": int(host["loss_mask"][0].sum()),
+            "loss_positions": "all text tokens" if args.answer_tokens == 0 else "answer only",
+            "style": s.config.model.virtual_prompt_style,
+            "encoder": _encoder_text(s),
+            **summary,
+            "loss": None if loss is None else round(loss, 4),
+            "step_times_s": [round(t, 6) for t in times],
+            "compile_s": round(compile_s, 2),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "peak_rss_after_load_mb": round(load_peak, 1),
+        }
+    )
+    return result
+
+
+def param_summary(trainable: Any, frozen: Any) -> dict[str, Any]:
+    """Trainable parameter count, and the frozen LM's size and storage dtypes."""
+    lm = [x for x in jax.tree_util.tree_leaves(frozen["lm"]) if hasattr(x, "nbytes")]
+    return {
+        "trainable_params": int(sum(x.size for x in jax.tree_util.tree_leaves(trainable))),
+        "frozen_lm_mb": round(sum(x.nbytes for x in lm) / 2**20, 1),
+        "frozen_lm_dtypes": sorted({str(x.dtype) for x in lm}),
+    }
+
+
+def _encoder_text(s: train.Setup) -> str | None:
+    e = s.encoder_config
+    if e is None:
+        return None
+    return f"{e.encoder_type}, {e.num_layers} layers, hidden {e.encoder_hidden}"
+
+
+def bench_generate(args: argparse.Namespace) -> dict[str, Any]:
+    """Greedy decoding of `--new_tokens` per row for `--batch` prompt-tuned prompts of
+    `--prompt_len` text tokens, through predict.generate_answers with EOS disabled."""
+    loaded = load_model(args.model)
+    load_peak = peak_rss_mb()
+    s = synthetic_setup(args, loaded)
+    prompt_params = nn.meta.unbox(train.init_prompt_params(s, jax.random.key(args.seed)))
+    tables = prompted.stack_tables(train.frozen_tables(s, prompt_params), s.task_names)
+    examples = synthetic_examples(
+        args.batch, args.prompt_len, args.virtual_tokens, loaded.config.vocab_size, 1, args.seed
+    )
+    # Inference examples carry no answer and no loss.
+    examples = [
+        dataclasses.replace(e, loss_mask=np.zeros_like(e.loss_mask), answer_start=len(e.ids))
+        for e in examples
+    ]
+    # Without an EOS id the decoder never stops early: every row makes --new_tokens tokens.
+    tokenizer = copy.copy(loaded.tokenizer)
+    tokenizer.eos_id = None
+    lm = predict.PromptedLM(
+        config=s.model.config,
+        lm_params=jax.tree_util.tree_map(
+            lambda x: jax.numpy.asarray(x, s.model.config.param_dtype), loaded.params
+        ),
+        tables=tables,
+        task_names=s.task_names,
+        templates=s.templates,
+        tokenizer=tokenizer,
+        max_seq_length=args.virtual_tokens + args.prompt_len + args.new_tokens,
+        add_bos=False,
+        add_eos=False,
+    )
+    inference = config_lib.inference_config()
+    inference.greedy = True
+    inference.tokens_to_generate = args.new_tokens
+    inference.batch_size = args.batch
+    compile_s, times = time_calls(
+        lambda: predict.generate_answers(lm, examples, inference), args.steps
+    )
+    prompt_length = batching.bucket_length(len(examples[0].ids), lm.max_seq_length)
+    median = statistics.median(times)
+    new = args.batch * args.new_tokens
+    result = _header(args, "generate", args.model)
+    result["seq"] = args.prompt_len  # the prompts' text tokens; --seq is for the step modes
+    result.update(
+        _rates(
+            median,
+            args.batch * (prompt_length + args.new_tokens),
+            args.batch * (len(examples[0].ids) + args.new_tokens),
+            args.batch * (args.prompt_len + args.new_tokens),
+        )
+    )
+    result.update(
+        {
+            "gen_tokens_per_s": round(new / median, 2),
+            "prompt_len": args.prompt_len,
+            "padded_prompt_length": prompt_length,
+            "new_tokens": args.new_tokens,
+            "step": "predict.generate_answers: prefill + compiled decode loop + detokenize",
+            "step_times_s": [round(t, 6) for t in times],
+            "compile_s": round(compile_s, 2),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "peak_rss_after_load_mb": round(load_peak, 1),
+        }
+    )
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Real data through the real input pipeline
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """`configs/X.py[:arg]` -> the config its get_config(arg) returns."""
+    path, _, arg = spec.partition(".py:")
+    path = path if path.endswith(".py") else path + ".py"
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--config={spec}: no such file {file}")
+    module_spec = importlib.util.spec_from_file_location(f"bench_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"--config={spec}: {file} defines no get_config(arg=None)")
+    return module.get_config(arg or None)
+
+
+def pad_time_axis(batch: dict[str, np.ndarray], length: int, pad_id: int) -> dict[str, Any]:
+    """Right-pads a collated batch's [..., T] arrays to [..., length] as collate pads them."""
+    fill = {"ids": pad_id, "virtual_index": -1}
+    out = dict(batch)
+    for key in TIME_KEYS:
+        extra = length - batch[key].shape[-1]
+        widths = [(0, 0)] * (batch[key].ndim - 1) + [(0, extra)]
+        out[key] = np.pad(batch[key], widths, constant_values=fill.get(key, 0))
+    return out
+
+
+def _data_pass(train_step, holder, frozen, fetch, positions) -> dict[str, Any]:
+    """Runs the steps at `positions`, fetching each batch inside the timed region."""
+    times, shapes, real, padded = [], set(), 0.0, 0.0
+    for epoch, index in positions:
+        start = time.perf_counter()
+        batch = fetch(epoch, index)
+        holder["state"], stats = train_step(holder["state"], frozen, batch)
+        jax.block_until_ready((holder["state"], stats))
+        times.append(time.perf_counter() - start)
+        shapes.add((batch["ids"].shape, batch["target_index"].shape))
+        real += float(stats["real_tokens"])
+        padded += float(stats["padded_tokens"])
+    return {"times": times, "shapes": shapes, "real": real, "padded": padded}
+
+
+def bench_data(args: argparse.Namespace) -> dict[str, Any]:
+    """`--steps` steps of real data (train.Batches, length buckets), then the same steps with
+    every batch padded to --seq; each variant runs twice, the first pass compiling its shapes."""
+    config = load_config(args.config)
+    with config.unlocked():
+        m = config.model
+        if args.model is not None:
+            m.language_model_path = args.model
+        m.data.train_ds = (args.data,)
+        m.data.validation_ds = ()
+        m.data.test_ds = ()
+        m.global_batch_size = m.micro_batch_size = args.batch
+        config.trainer.precision = DTYPES[args.dtype]
+        # The schedule only needs to be valid: longer than its warm-up, covering all 4 passes.
+        sched = m.optim.sched
+        config.trainer.max_steps = sched.warmup_steps + sched.constant_steps + 4 * args.steps
+    s = with_frozen_dtype(train.setup(config), args.frozen_dtype)
+    load_peak = peak_rss_mb()
+    state, frozen, tx, _ = train.init_state(s, config.trainer.max_steps)
+    batches = train.Batches(s)
+    positions = [divmod(i, batches.per_epoch) for i in range(args.steps)]
+    pad_id = _pad_id(s.loaded)
+
+    def padded_fetch(epoch: int, index: int) -> dict[str, Any]:
+        host = distributed.to_host(batches.get(epoch, index))
+        length = max(args.seq, host["ids"].shape[-1])
+        return jax.device_put(pad_time_axis(host, length, pad_id), batches.batch_sharding)
+
+    summary = param_summary(state["trainable"], frozen)
+    holder = {"state": state}
+    passes = {}
+    with sharding.activate(s.mesh, s.rules):
+        train_step = train.make_train_step(s, tx)
+        for name, fetch in (("bucketed", batches.get), ("padded", padded_fetch)):
+            warm = _data_pass(train_step, holder, frozen, fetch, positions)
+            passes[name] = (warm, _data_pass(train_step, holder, frozen, fetch, positions))
+    result = _header(args, "data", str(m.language_model_path))
+    result["virtual_tokens"] = max(t.total_virtual_tokens for t in s.templates.values())
+    result.update(
+        {
+            "data": args.data,
+            "config": args.config,
+            "style": m.virtual_prompt_style,
+            "encoder": _encoder_text(s),
+            **summary,
+        }
+    )
+    for name, suffix in (("bucketed", ""), ("padded", "_padded_to_seq")):
+        warm, timed = passes[name]
+        total = sum(timed["times"])
+        result.update(
+            {
+                f"median_s_per_step{suffix}": round(statistics.median(timed["times"]), 6),
+                f"tokens_per_s{suffix}": round(timed["padded"] / total, 1),
+                f"real_tokens_per_s{suffix}": round(timed["real"] / total, 1),
+                f"distinct_shapes{suffix}": len(timed["shapes"]),
+                f"lengths{suffix}": sorted({shape[0][-1] for shape in timed["shapes"]}),
+                # First pass minus second: what compiling each distinct shape cost.
+                f"compile_s{suffix}": round(max(sum(warm["times"]) - total, 0.0), 2),
+            }
+        )
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    result["peak_rss_after_load_mb"] = round(load_peak, 1)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Runs the benchmark the options name; returns the JSON line's fields."""
+    if args.data is not None:
+        result = bench_data(args)
+    else:
+        args.model = args.model or "default"
+        result = bench_generate(args) if args.mode == "generate" else bench_fixed(args)
+    result.update(device_description())
+    return result
+
+
+def main(argv: Sequence[str]) -> int:
+    """Parses flags, runs, prints one JSON line; user errors print one line and return 2."""
+    try:
+        result = benchmark(parse_args(argv))
+    except PtlearnError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
