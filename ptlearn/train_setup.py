@@ -1,0 +1,278 @@
+"""Everything a training run derives from its config before the first step: the mesh, the
+base model, the task templates (new and restored), the encoded data, and the new tasks'
+initial prompt parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from ptlearn import config_lib, prompts, sharding, templates
+from ptlearn.checkpoints import file_checksum, load_model, resolve_model
+from ptlearn.checkpoints.prompt_model import PromptModel, load_prompt_model
+from ptlearn.data import jsonl
+from ptlearn.errors import ConfigError, DataError
+from ptlearn.gpt import GPT
+
+logger = logging.getLogger(__name__)
+
+# A task whose answers take at most this many distinct values gets a label set (for
+# rank classification and `labels` init).
+MAX_LABELS = 50
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything a run derives from its config before the first step."""
+
+    config: ml_collections.ConfigDict
+    loaded: Any  # checkpoints.LoadedModel
+    model: GPT
+    task_names: list[str]  # row order of the prompt tables
+    new_tasks: list[str]
+    templates: dict[str, templates.TaskTemplate]
+    restored: PromptModel | None
+    encoder_config: prompts.EncoderConfig | None
+    train_examples: list[templates.EncodedExample]
+    val_examples: list[templates.EncodedExample]
+    val_records: list[tuple[int, dict]]
+    label_sets: dict[str, list[str]]
+    mesh: Any  # jax.sharding.Mesh ("data", "fsdp", "model")
+    rules: Any  # logical-axis rules (sharding.Rules)
+    accumulation: int  # micro-batches per step: global / (micro x data-parallel)
+
+
+# --------------------------------------------------------------------------------------------
+# Set-up: base model, templates, data
+
+
+def _read_records(files: Sequence[str], key: str) -> list[tuple[str, int, dict]]:
+    records = []
+    for name in files:
+        for line_no, record in jsonl.iter_numbered_jsonl(name):
+            records.append((name, line_no, record))
+    if files and not records:
+        raise DataError(f"{key}: {', '.join(files)} hold no examples")
+    return records
+
+
+def _encode(
+    records: list[tuple[str, int, dict]],
+    task_templates: Mapping[str, templates.TaskTemplate],
+    tokenizer: Any,
+    data_cfg: Any,
+    max_seq_length: int,
+) -> list[templates.EncodedExample]:
+    encoded = []
+    for name in dict.fromkeys(r[0] for r in records):
+        examples, stats = templates.encode_dataset(
+            [(n, r) for f, n, r in records if f == name],
+            task_templates,
+            tokenizer,
+            max_seq_length=max_seq_length,
+            add_eos=data_cfg.add_eos,
+            add_bos=data_cfg.add_bos,
+            source=name,
+        )
+        logger.info("%s:\n%s", name, stats.summary())
+        encoded.extend(examples)
+    return encoded
+
+
+def _label_sets(records: list[tuple[str, int, dict]], task_templates) -> dict[str, list[str]]:
+    values: dict[str, set[str]] = {}
+    for _, _, record in records:
+        field = task_templates[record["taskname"]].answer_field
+        values.setdefault(record["taskname"], set()).add(str(record.get(field, "")))
+    return {t: sorted(v) for t, v in values.items() if len(v) <= MAX_LABELS}
+
+
+def _gpt_config(config: ml_collections.ConfigDict, base: Any) -> Any:
+    m = config.model
+    granularity = m.activations_checkpoint_granularity or ""
+    if granularity not in ("", "full", "selective"):
+        raise ConfigError(
+            f"model.activations_checkpoint_granularity={granularity!r}: use '', 'full' or "
+            "'selective'"
+        )
+    remat = {"": "none", "full": "full", "selective": "dots"}[granularity]
+    return base.replace(
+        dtype=config_lib.dtype_of_precision(config.trainer.precision), remat_policy=remat
+    )
+
+
+def _restore(m: Any, existing: list[str]) -> PromptModel | None:
+    if not m.restore_path:
+        return None
+    restored = load_prompt_model(m.restore_path)
+    missing = [t for t in existing if t not in restored.tables]
+    if missing:
+        raise ConfigError(
+            f"model.existing_tasks names {missing}, which {m.restore_path} does not hold "
+            f"(it holds {restored.tasks})"
+        )
+    if restored.base_model["sha256"] != file_checksum(resolve_model(m.language_model_path)):
+        raise ConfigError(
+            f"model.restore_path={m.restore_path} was trained on another base model "
+            f"({restored.base_model['file']}); set model.language_model_path to it"
+        )
+    return restored
+
+
+def _served_templates(
+    m: Any, new_tasks: list[str], existing: list[str], restored: PromptModel | None
+) -> dict[str, templates.TaskTemplate]:
+    """Templates of the tasks this run serves: new ones from the config, old ones restored."""
+    task_templates = templates.parse_task_templates(m.task_templates)
+    if restored is not None:
+        kept = [e for e in restored.templates if e["taskname"] in existing]
+        for task, template in templates.parse_task_templates(kept).items():
+            task_templates.setdefault(task, template)
+    for task in new_tasks + existing:
+        if task not in task_templates:
+            raise ConfigError(
+                f"task {task!r} has no entry in model.task_templates (defined: "
+                f"{sorted(task_templates)})"
+            )
+    return {t: task_templates[t] for t in existing + new_tasks}
+
+
+def _check_tasks(records: list[tuple[str, int, dict]], allowed: Sequence[str], why: str) -> None:
+    for name, line_no, record in records:
+        if record.get("taskname") not in allowed:
+            raise DataError(
+                f"{name}:{line_no}: task {record.get('taskname')!r} is not one this run can use "
+                f"({why}: {list(allowed)})"
+            )
+
+
+def setup(config: ml_collections.ConfigDict) -> Setup:
+    """Validates the config and reads templates and data, then loads the base model."""
+    config_lib.validate(config)
+    m = config.model
+    mesh = sharding.make_mesh(
+        m.tensor_model_parallel_size,
+        config.mesh.fsdp,
+        sharding.select_devices(config.trainer.devices),
+    )
+    rules = sharding.rules_from_config(config.mesh.rules, sequence_parallel=m.sequence_parallel)
+    accumulation = sharding.accumulation_steps(m.global_batch_size, m.micro_batch_size, mesh, rules)
+    new_tasks = list(config_lib.as_tuple(m.new_tasks))
+    existing = list(config_lib.as_tuple(m.existing_tasks))
+    restored = _restore(m, existing)
+    served = _served_templates(m, new_tasks, existing, restored)
+    train_records = _read_records(config_lib.as_tuple(m.data.train_ds), "model.data.train_ds")
+    if not train_records:
+        raise ConfigError("model.data.train_ds: give at least one training jsonl file")
+    _check_tasks(train_records, new_tasks, "only model.new_tasks train")
+    val_records = _read_records(
+        config_lib.as_tuple(m.data.validation_ds), "model.data.validation_ds"
+    )
+    _check_tasks(val_records, list(served), "the tasks this run serves")
+    loaded = load_model(m.language_model_path)
+    max_len = min(m.max_seq_length, loaded.config.max_position_embeddings)
+    encoder_config = None
+    if m.virtual_prompt_style == "p-tuning":
+        p = m.p_tuning
+        encoder_config = prompts.EncoderConfig(
+            encoder_type=p.encoder_type,
+            embed_dim=loaded.config.hidden_size,
+            num_layers=p.num_layers,
+            encoder_hidden=p.encoder_hidden,
+            dropout=p.dropout,
+            init_std=p.init_std,
+        )
+    label_sets = dict(restored.label_sets) if restored is not None else {}
+    label_sets.update(_label_sets(train_records, served))
+    return Setup(
+        config=config,
+        loaded=loaded,
+        model=GPT(_gpt_config(config, loaded.config)),
+        task_names=existing + new_tasks,
+        new_tasks=new_tasks,
+        templates=served,
+        restored=restored,
+        encoder_config=encoder_config,
+        train_examples=_encode(train_records, served, loaded.tokenizer, m.data, max_len),
+        val_examples=_encode(val_records, served, loaded.tokenizer, m.data, max_len),
+        val_records=[(n, r) for _, n, r in val_records],
+        label_sets={t: v for t, v in label_sets.items() if t in served},
+        mesh=mesh,
+        rules=rules,
+        accumulation=accumulation,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters, freezing, optimizer
+
+
+def init_prompt_params(s: Setup, rng: jax.Array) -> dict[str, Any]:
+    """Fresh parameters for the new tasks (boxed with logical axes), plus the restored tables
+    of existing tasks (plain arrays: replicated)."""
+    m = s.config.model
+    num_tokens = [s.templates[t].total_virtual_tokens for t in s.new_tasks]
+    if m.virtual_prompt_style == "p-tuning":
+        params = prompts.init_p_tuning(
+            s.encoder_config, dict(zip(s.new_tasks, num_tokens, strict=True)), rng
+        )
+    elif m.virtual_prompt_style == "prompt-tuning":
+        methods = _per_task(
+            m.prompt_tuning.new_prompt_init_methods, s.new_tasks, "new_prompt_init_methods"
+        )
+        texts = _per_task(m.prompt_tuning.new_prompt_init_text, s.new_tasks, "new_prompt_init_text")
+        token_ids = []
+        for task, method, text in zip(s.new_tasks, methods, texts, strict=True):
+            if method == "labels":
+                words = " ".join(s.label_sets.get(task, []))
+                if not words:
+                    raise ConfigError(
+                        f"task {task!r}: 'labels' init needs a closed label set in the training data"
+                    )
+                token_ids.append(s.loaded.tokenizer.encode(" " + words))
+            elif method == "text":
+                if not text:
+                    raise ConfigError(
+                        f"model.prompt_tuning.new_prompt_init_text: task {task!r} uses 'text' "
+                        "init but its text is empty"
+                    )
+                token_ids.append(s.loaded.tokenizer.encode(text))
+            else:
+                token_ids.append(None)
+        params = prompts.init_prompt_tuning(
+            s.new_tasks,
+            num_tokens,
+            methods,
+            token_ids,
+            s.loaded.params["embed"]["embedding"],
+            rng,
+        )
+    else:
+        raise ConfigError(
+            "model.virtual_prompt_style='inference' does not train; use ptlearn.predict"
+        )
+    if s.restored is not None:
+        existing = s.task_names[: len(s.task_names) - len(s.new_tasks)]
+        tables = params.setdefault("tables", {})
+        for task in existing:
+            tables[task] = np.asarray(s.restored.tables[task])
+    return params
+
+
+def _per_task(values: Any, tasks: Sequence[str], key: str) -> list:
+    values = list(config_lib.as_tuple(values))
+    if len(values) == 1 and len(tasks) > 1:
+        values = values * len(tasks)
+    if len(values) != len(tasks):
+        raise ConfigError(
+            f"model.prompt_tuning.{key} has {len(values)} entries for {len(tasks)} new tasks; "
+            "give one per task (or one for all)"
+        )
+    return values
