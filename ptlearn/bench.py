@@ -469,24 +469,22 @@ def pad_time_axis(batch: dict[str, np.ndarray], length: int, pad_id: int) -> dic
     return out
 
 
-def _data_pass(train_step, holder, frozen, fetch, positions) -> dict[str, Any]:
-    """Runs the steps at `positions`, fetching each batch inside the timed region."""
-    times, shapes, real, padded = [], set(), 0.0, 0.0
-    for epoch, index in positions:
-        start = time.perf_counter()
-        batch = fetch(epoch, index)
-        holder["state"], stats = train_step(holder["state"], frozen, batch)
-        jax.block_until_ready((holder["state"], stats))
-        times.append(time.perf_counter() - start)
-        shapes.add((batch["ids"].shape, batch["target_index"].shape))
-        real += float(stats["real_tokens"])
-        padded += float(stats["padded_tokens"])
-    return {"times": times, "shapes": shapes, "real": real, "padded": padded}
+def _data_step(train_step, holder, frozen, fetch, position, record) -> None:
+    """One step at `position` (epoch, index), its batch fetched inside the timed region."""
+    start = time.perf_counter()
+    batch = fetch(*position)
+    holder["state"], stats = train_step(holder["state"], frozen, batch)
+    jax.block_until_ready((holder["state"], stats))
+    record["times"].append(time.perf_counter() - start)
+    record["shapes"].add((batch["ids"].shape, batch["target_index"].shape))
+    record["real"] += float(stats["real_tokens"])
+    record["padded"] += float(stats["padded_tokens"])
 
 
 def bench_data(args: argparse.Namespace) -> dict[str, Any]:
-    """`--steps` steps of real data (train.Batches, length buckets), then the same steps with
-    every batch padded to --seq; each variant runs twice, the first pass compiling its shapes."""
+    """`--steps` steps of real data (train.Batches, length buckets) and the same steps with
+    every batch padded to --seq: a warm-up pass of each (compiling its shapes), then both
+    timed, alternating step by step."""
     config = load_config(args.config)
     with config.unlocked():
         m = config.model
@@ -514,12 +512,20 @@ def bench_data(args: argparse.Namespace) -> dict[str, Any]:
 
     summary = param_summary(state["trainable"], frozen)
     holder = {"state": state}
-    passes = {}
+    fetchers = {"bucketed": batches.get, "padded": padded_fetch}
+    passes = {  # per variant: (warm-up record, timed record)
+        name: tuple({"times": [], "shapes": set(), "real": 0.0, "padded": 0.0} for _ in range(2))
+        for name in fetchers
+    }
     with sharding.activate(s.mesh, s.rules):
         train_step = train.make_train_step(s, tx)
-        for name, fetch in (("bucketed", batches.get), ("padded", padded_fetch)):
-            warm = _data_pass(train_step, holder, frozen, fetch, positions)
-            passes[name] = (warm, _data_pass(train_step, holder, frozen, fetch, positions))
+        for name, fetch in fetchers.items():  # the warm-up passes compile every shape
+            for position in positions:
+                _data_step(train_step, holder, frozen, fetch, position, passes[name][0])
+        # Timed steps alternate the variants, so drifting machine load hits both alike.
+        for position in positions:
+            for name, fetch in fetchers.items():
+                _data_step(train_step, holder, frozen, fetch, position, passes[name][1])
     result = _header(args, "data", str(m.language_model_path))
     result["virtual_tokens"] = max(t.total_virtual_tokens for t in s.templates.values())
     result.update(
