@@ -236,18 +236,11 @@ def predict_records(
             f"inference.tokens_to_generate={inference.tokens_to_generate} leaves no room for "
             f"the prompt within max_seq_length={lm.max_seq_length}"
         )
-    inference_records = [
-        (
-            n,
-            {
-                k: v
-                for k, v in r.items()
-                if k != lm.templates[_check_task(lm, r, f"{source}:{n}")].answer_field
-            },
-        )
-        for n, r in records
-    ]
-    encoded, stats = templates.encode_dataset(
+    inference_records = []
+    for line_no, record in records:
+        answer_field = lm.templates[_check_task(lm, record, f"{source}:{line_no}")].answer_field
+        inference_records.append((line_no, {k: v for k, v in record.items() if k != answer_field}))
+    encoded, _ = templates.encode_dataset(
         inference_records,
         lm.templates,
         lm.tokenizer,
