@@ -48,12 +48,15 @@ def single(tiny, tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "tp, fsdp, micro",
-    [(2, 1, 2), (4, 1, 4), (2, 2, 1)],
-    ids=["tp2-dp4", "tp4-dp2", "fsdp2-tp2-dp2-accumulate2"],
+    "tp, fsdp, micro, sequence_parallel",
+    [(2, 1, 2, False), (4, 1, 4, False), (2, 2, 1, False), (2, 1, 2, True)],
+    ids=["tp2-dp4", "tp4-dp2", "fsdp2-tp2-dp2-accumulate2", "tp2-dp4-sequence-parallel"],
 )
-def test_mesh_losses_match_single_device(tiny, single, tmp_path, tp, fsdp, micro):
+def test_mesh_losses_match_single_device(
+    tiny, single, tmp_path, tp, fsdp, micro, sequence_parallel
+):
     config = _config(tiny, devices=8, tp=tp, fsdp=fsdp, micro=micro)
+    config.model.sequence_parallel = sequence_parallel
     s = train.setup(config)
     state, frozen, _, _ = train.init_state(s, 4)
     query = frozen["lm"]["layers"]["attn"]["query"]["kernel"]
