@@ -6,9 +6,9 @@ Runs 7 steps of configs/sentiment_ptuning.py (global batch 8) on 1 device, on TP
 FSDP=2 x TP=3 (6 of 8 simulated devices), compares the per-step losses and the greedy predictions
 on 32 test sentences, then resumes the TP=3 x DP=2 checkpoint of step 5 on one device and
 compares steps 6-7 with the TP=3 x DP=2 run's own (the same state continued on another mesh).
-The config's own warmup (30 steps) keeps the first steps' updates small; with a 2-step warmup the
-first updates are large enough to amplify float rounding into different trajectories after
-step 3. Prints one JSON line; exits 1 on a mismatch.
+The config's own warmup (30 steps, constant schedule) keeps the first steps' updates small; with
+a 2-step warmup the first updates are large enough to amplify float rounding into different
+trajectories after step 3. Prints one JSON line; exits 1 on a mismatch.
 """
 
 import os
@@ -41,6 +41,7 @@ def config_for(data: str, devices: int, tp: int, fsdp: int, micro: int):
     c.trainer.max_steps, c.trainer.val_check_interval, c.trainer.log_every_n_steps = STEPS, 5, 1
     c.trainer.limit_val_batches = 2
     c.model.data.validation_metric_examples = 0
+    c.model.optim.sched.name = "constant"  # the config's 30-step warmup, no decay in 7 steps
     c.exp_manager.checkpoint_callback_params.save_top_k = 5
     return c
 
