@@ -1,14 +1,17 @@
 """Sharded training of the default model on simulated CPU devices against one device.
 
-  python experiments/sharding_check.py [--data=data/fpb] [--out=runs/sharding_check]
+  python experiments/sharding_check.py [--config=configs/sentiment_prompt_tuning.py]
+      [--data=data/fpb] [--out=runs/sharding_check]
 
-Runs 7 steps of configs/sentiment_ptuning.py (global batch 8) on 1 device, on TP=3 x DP=2 and on
+Runs 7 steps of the config (global batch 8) on 1 device, on TP=3 x DP=2 and on
 FSDP=2 x TP=3 (6 of 8 simulated devices), compares the per-step losses and the greedy predictions
 on 32 test sentences, then resumes the TP=3 x DP=2 checkpoint of step 5 on one device and
 compares steps 6-7 with the TP=3 x DP=2 run's own (the same state continued on another mesh).
-The config's own warmup (30 steps, constant schedule) keeps the first steps' updates small; with
-a 2-step warmup the first updates are large enough to amplify float rounding into different
-trajectories after step 3. Prints one JSON line; exits 1 on a mismatch.
+The config's own warmup (30 steps, constant schedule) keeps the first steps' updates small.
+Sharded and single-device gradients at the same parameters agree to ~3e-6; what this measures
+beyond that is how fast a run's own dynamics amplify rounding: p-tuning's MLP encoder (1.2M
+parameters, first gradient norm ~600) amplifies it to ~5e-4 by step 5, prompt tuning does not.
+Prints one JSON line; exits 1 on a mismatch.
 """
 
 import os
@@ -31,8 +34,8 @@ STEPS = 7
 MESHES = {"single": (1, 1, 1, 8), "tp3-dp2": (6, 3, 1, 4), "fsdp2-tp3": (6, 3, 2, 4)}
 
 
-def config_for(data: str, devices: int, tp: int, fsdp: int, micro: int):
-    spec = importlib.util.spec_from_file_location("cfg", ROOT / "configs" / "sentiment_ptuning.py")
+def config_for(config_file: str, data: str, devices: int, tp: int, fsdp: int, micro: int):
+    spec = importlib.util.spec_from_file_location("cfg", ROOT / config_file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     c = module.get_config(f"data={data}")
@@ -64,6 +67,7 @@ def predictions(config, workdir: pathlib.Path, records) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default="configs/sentiment_prompt_tuning.py")
     parser.add_argument("--data", default="data/fpb")
     parser.add_argument("--out", default="runs/sharding_check")
     args = parser.parse_args()
@@ -72,7 +76,7 @@ def main() -> int:
     records = list(iter_numbered_jsonl(f"{args.data}/test.jsonl"))[:32]
     result, ok = {}, True
     for name, (devices, tp, fsdp, micro) in MESHES.items():
-        config = config_for(args.data, devices, tp, fsdp, micro)
+        config = config_for(args.config, args.data, devices, tp, fsdp, micro)
         train.train_and_evaluate(config, str(out / name))
         result[name] = {
             "losses": losses(out / name),
@@ -92,7 +96,7 @@ def main() -> int:
     shutil.copytree(
         out / "tp3-dp2" / "checkpoints" / "best" / "5", resumed / "checkpoints" / "last" / "5"
     )
-    train.train_and_evaluate(config_for(args.data, *MESHES["single"]), str(resumed))
+    train.train_and_evaluate(config_for(args.config, args.data, *MESHES["single"]), str(resumed))
     after = losses(resumed)
     meshed = losses(out / "tp3-dp2")
     rel = max(abs(after[s] - meshed[s]) / abs(meshed[s]) for s in after)

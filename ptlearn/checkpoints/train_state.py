@@ -1,5 +1,8 @@
 """Orbax checkpoints of the full training state: the latest one (to resume) and the best k.
 
+Saves are synchronous: the state is small (prompt parameters and their optimizer state), and
+two managers saving the same step asynchronously can interleave their cross-process barriers.
+
 `last/` always holds the most recent state, so an interrupted run resumes from it; `best/`
 keeps the `save_top_k` states with the best monitored metric (val_loss by default).
 """
@@ -26,7 +29,9 @@ class TrainCheckpoints:
         self.monitor = monitor
         self.last = ocp.CheckpointManager(
             self.directory / "last",
-            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=1, create=True, enable_async_checkpointing=False
+            ),
         )
         self.best = ocp.CheckpointManager(
             self.directory / "best",
@@ -35,6 +40,7 @@ class TrainCheckpoints:
                 best_fn=lambda metrics: metrics[monitor],
                 best_mode=mode,
                 create=True,
+                enable_async_checkpointing=False,
             ),
         )
 
