@@ -45,10 +45,10 @@ from ptlearn import (
     distributed,
     predict,
     prompted,
-    prompts,
     sharding,
     templates,
     train,
+    train_setup,
 )
 from ptlearn.checkpoints import load_model
 from ptlearn.data import batching
@@ -192,17 +192,7 @@ def synthetic_config(args: argparse.Namespace, hidden_size: int) -> ml_collectio
 def synthetic_setup(args: argparse.Namespace, loaded: Any) -> train.Setup:
     """A train.Setup on one device for the synthetic task (no data files read)."""
     c = synthetic_config(args, loaded.config.hidden_size)
-    encoder_config = None
-    if c.model.virtual_prompt_style == "p-tuning":
-        p = c.model.p_tuning
-        encoder_config = prompts.EncoderConfig(
-            encoder_type=p.encoder_type,
-            embed_dim=loaded.config.hidden_size,
-            num_layers=p.num_layers,
-            encoder_hidden=p.encoder_hidden,
-            dropout=p.dropout,
-            init_std=p.init_std,
-        )
+    encoder_config = train_setup.encoder_config_from(c.model, loaded.config.hidden_size)
     mesh = sharding.make_mesh(1, 1, sharding.select_devices(1))
     model_config = loaded.config.replace(
         dtype=config_lib.dtype_of_precision(c.trainer.precision), param_dtype=args.frozen_dtype

@@ -153,6 +153,21 @@ def _check_tasks(records: list[tuple[str, int, dict]], allowed: Sequence[str], w
             )
 
 
+def encoder_config_from(model_cfg: Any, hidden_size: int) -> prompts.EncoderConfig | None:
+    """The p-tuning encoder of `model.p_tuning.*` (None for other prompt styles)."""
+    if model_cfg.virtual_prompt_style != "p-tuning":
+        return None
+    p = model_cfg.p_tuning
+    return prompts.EncoderConfig(
+        encoder_type=p.encoder_type,
+        embed_dim=hidden_size,
+        num_layers=p.num_layers,
+        encoder_hidden=p.encoder_hidden,
+        dropout=p.dropout,
+        init_std=p.init_std,
+    )
+
+
 def setup(config: ml_collections.ConfigDict) -> Setup:
     """Validates the config and reads templates and data, then loads the base model."""
     config_lib.validate(config)
@@ -178,17 +193,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     _check_tasks(val_records, list(served), "the tasks this run serves")
     loaded = load_model(m.language_model_path)
     max_len = min(m.max_seq_length, loaded.config.max_position_embeddings)
-    encoder_config = None
-    if m.virtual_prompt_style == "p-tuning":
-        p = m.p_tuning
-        encoder_config = prompts.EncoderConfig(
-            encoder_type=p.encoder_type,
-            embed_dim=loaded.config.hidden_size,
-            num_layers=p.num_layers,
-            encoder_hidden=p.encoder_hidden,
-            dropout=p.dropout,
-            init_std=p.init_std,
-        )
+    encoder_config = encoder_config_from(m, loaded.config.hidden_size)
     label_sets = dict(restored.label_sets) if restored is not None else {}
     label_sets.update(_label_sets(train_records, served))
     return Setup(
