@@ -109,6 +109,9 @@ def base_config() -> ml_collections.ConfigDict:
         activations_checkpoint_method="",
         activations_checkpoint_num_layers=1,
         max_seq_length=512,
+        # ptlearn: storage dtype of the frozen LM weights (bfloat16 halves their memory);
+        # prompt parameters and optimizer state always stay float32.
+        frozen_weights_dtype="float32",
         # ptlearn: ordered (regex, "trainable"|"frozen") rules on "/"-joined parameter paths.
         freeze_rules=(("lm/.*", "frozen"), ("prompt/.*", "trainable")),
         prompt_tuning=dict(new_prompt_init_methods=("text",), new_prompt_init_text=("",)),

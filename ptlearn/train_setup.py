@@ -103,8 +103,14 @@ def _gpt_config(config: ml_collections.ConfigDict, base: Any) -> Any:
             "'selective'"
         )
     remat = {"": "none", "full": "full", "selective": "dots"}[granularity]
+    if m.frozen_weights_dtype not in ("float32", "bfloat16"):
+        raise ConfigError(
+            f"model.frozen_weights_dtype={m.frozen_weights_dtype!r}: use 'float32' or 'bfloat16'"
+        )
     return base.replace(
-        dtype=config_lib.dtype_of_precision(config.trainer.precision), remat_policy=remat
+        dtype=config_lib.dtype_of_precision(config.trainer.precision),
+        param_dtype=m.frozen_weights_dtype,
+        remat_policy=remat,
     )
 
 

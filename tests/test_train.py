@@ -230,3 +230,16 @@ def test_bfloat16_precision_trains(tiny):
     _, stats16, _ = _one_step(bf16)
     assert np.isfinite(float(stats16["loss"]))
     assert float(stats16["loss"]) == pytest.approx(float(stats32["loss"]), rel=0.05)
+
+
+def test_frozen_weights_in_bfloat16_prompts_and_optimizer_in_float32(tiny):
+    config = tiny_config(*tiny)
+    config.model.frozen_weights_dtype = "bfloat16"
+    s = train.setup(config)
+    state, frozen, tx, _ = train.init_state(s, 6)
+    assert {x.dtype for x in jax.tree.leaves(frozen["lm"])} == {np.dtype("bfloat16")}
+    new_state, stats = train.make_train_step(s, tx)(state, frozen, train.Batches(s).get(0, 0))
+    assert {x.dtype for x in jax.tree.leaves(new_state["trainable"])} == {np.dtype("float32")}
+    moments = [x for x in jax.tree.leaves(new_state["opt_state"]) if getattr(x, "ndim", 0) > 0]
+    assert {x.dtype for x in moments} == {np.dtype("float32")}
+    assert np.isfinite(float(stats["loss"]))
