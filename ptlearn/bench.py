@@ -147,13 +147,6 @@ def time_calls(call: Callable[[], Any], steps: int) -> tuple[float, list[float]]
     return compile_s, times
 
 
-def with_frozen_dtype(s: train.Setup, frozen_dtype: str) -> train.Setup:
-    """The Setup with its LM weights stored in `frozen_dtype` (init_state casts them to the
-    model's param_dtype); prompts and optimizer state stay float32."""
-    config = s.model.config.replace(param_dtype=frozen_dtype)
-    return dataclasses.replace(s, model=GPT(config))
-
-
 def synthetic_config(args: argparse.Namespace, hidden_size: int) -> ml_collections.ConfigDict:
     """A run config for the fixed-shape modes, shaped like the PEFT harness's workload."""
     c = config_lib.base_config()
@@ -184,6 +177,7 @@ def synthetic_config(args: argparse.Namespace, hidden_size: int) -> ml_collectio
     c.model.optim.lr = PEER_LR
     c.model.optim.sched.warmup_steps = 0
     c.trainer.precision = DTYPES[args.dtype]
+    c.model.frozen_weights_dtype = args.frozen_dtype
     c.trainer.max_steps = args.steps + 1
     config_lib.validate(c)
     return c
@@ -194,9 +188,7 @@ def synthetic_setup(args: argparse.Namespace, loaded: Any) -> train.Setup:
     c = synthetic_config(args, loaded.config.hidden_size)
     encoder_config = train_setup.encoder_config_from(c.model, loaded.config.hidden_size)
     mesh = sharding.make_mesh(1, 1, sharding.select_devices(1))
-    model_config = loaded.config.replace(
-        dtype=config_lib.dtype_of_precision(c.trainer.precision), param_dtype=args.frozen_dtype
-    )
+    model_config = train_setup.gpt_config_from(c, loaded.config)
     return train.Setup(
         config=c,
         loaded=loaded,
@@ -488,7 +480,8 @@ def bench_data(args: argparse.Namespace) -> dict[str, Any]:
         # The schedule only needs to be valid: longer than its warm-up, covering all 4 passes.
         sched = m.optim.sched
         config.trainer.max_steps = sched.warmup_steps + sched.constant_steps + 4 * args.steps
-    s = with_frozen_dtype(train.setup(config), args.frozen_dtype)
+    config.model.frozen_weights_dtype = args.frozen_dtype
+    s = train.setup(config)
     load_peak = peak_rss_mb()
     state, frozen, tx, _ = train.init_state(s, config.trainer.max_steps)
     batches = train.Batches(s)

@@ -94,7 +94,8 @@ def _label_sets(records: list[tuple[str, int, dict]], task_templates) -> dict[st
     return {t: sorted(v) for t, v in values.items() if len(v) <= MAX_LABELS}
 
 
-def _gpt_config(config: ml_collections.ConfigDict, base: Any) -> Any:
+def gpt_config_from(config: ml_collections.ConfigDict, base: Any) -> Any:
+    """The base model's GPTConfig with the run's compute dtype, frozen-weight dtype and remat."""
     m = config.model
     granularity = m.activations_checkpoint_granularity or ""
     if granularity not in ("", "full", "selective"):
@@ -205,7 +206,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     return Setup(
         config=config,
         loaded=loaded,
-        model=GPT(_gpt_config(config, loaded.config)),
+        model=GPT(gpt_config_from(config, loaded.config)),
         task_names=existing + new_tasks,
         new_tasks=new_tasks,
         templates=served,
