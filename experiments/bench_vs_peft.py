@@ -78,6 +78,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt_len", type=int, default=40)
     p.add_argument("--new_tokens", type=int, default=64)
     p.add_argument("--gen_impl", default="embeds", help="PEFT generate: embeds|peft|peft-nocache")
+    p.add_argument(
+        "--ptlearn_flags",
+        default="",
+        help="extra ptlearn.bench flags, e.g. '--dtype=bfloat16 --frozen_dtype=bfloat16 "
+        "--remat=full' (PEFT stays float32, as in the issue's figures)",
+    )
     p.add_argument("--peer_python", default="/tmp/peer-venv/bin/python")
     p.add_argument("--peer_model", default="/tmp/peer/smollm2-hf", help="converted HF folder")
     p.add_argument("--convert", action="store_true", help="build --peer_model when missing")
@@ -130,7 +136,7 @@ def ptlearn_cmd(args: argparse.Namespace, mode: str) -> list[str]:
         sys.executable, "-m", "ptlearn.bench", "--model=default", f"--mode={mode}",
         f"--batch={args.batch}", f"--seq={args.seq}", f"--virtual_tokens={args.virtual_tokens}",
         f"--steps={args.steps}", f"--prompt_len={args.prompt_len}",
-        f"--new_tokens={args.new_tokens}",
+        f"--new_tokens={args.new_tokens}", *args.ptlearn_flags.split(),
     ]  # fmt: skip
 
 

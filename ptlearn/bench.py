@@ -53,10 +53,12 @@ from ptlearn import (
 from ptlearn.checkpoints import load_model
 from ptlearn.data import batching
 from ptlearn.errors import ConfigError, PtlearnError
-from ptlearn.gpt import GPT
+from ptlearn.gpt import GPT, pack_params
 
 MODES = ("forward", "prompt", "ptune-mlp", "ptune-lstm", "generate")
 DTYPES = {"float32": "32", "bfloat16": "bf16"}  # --dtype -> trainer.precision
+# --remat -> model.activations_checkpoint_granularity
+REMAT = {"none": None, "full": "full", "selective": "selective"}
 TASK = "bench"
 # The PEFT harness's defaults: its text init, its lr, and ids below 17 are special tokens.
 PEER_INIT_TEXT = "Answer the following question truthfully and concisely:"
@@ -82,12 +84,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--dtype", default="float32", help="compute dtype: float32 | bfloat16")
     p.add_argument("--frozen_dtype", default="float32", help="storage of the frozen LM weights")
+    p.add_argument(
+        "--remat",
+        default="none",
+        help="activation checkpointing of the blocks: none | full | selective",
+    )
     p.add_argument("--answer_tokens", type=int, default=0, help="0: loss on every text token")
     p.add_argument("--prompt_len", type=int, default=40, help="generate: text tokens a prompt")
     p.add_argument("--new_tokens", type=int, default=64, help="generate: tokens per row")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None, help="a task jsonl: time the real input pipeline")
     p.add_argument("--config", default=None, help="with --data: configs/X.py[:arg]")
+    p.add_argument(
+        "--profile_dir", default=None, help="write a jax.profiler trace of the timed calls here"
+    )
     args = p.parse_args(list(argv))
     _check_args(args)
     return args
@@ -97,6 +107,8 @@ def _check_args(args: argparse.Namespace) -> None:
     for name in ("dtype", "frozen_dtype"):
         if getattr(args, name) not in DTYPES:
             raise PtlearnError(f"--{name}={getattr(args, name)}: use one of {', '.join(DTYPES)}")
+    if args.remat not in REMAT:
+        raise PtlearnError(f"--remat={args.remat}: use one of {', '.join(REMAT)}")
     for name in ("batch", "seq", "steps", "virtual_tokens", "prompt_len", "new_tokens"):
         if getattr(args, name) < 1:
             raise PtlearnError(f"--{name}={getattr(args, name)} must be >= 1")
@@ -131,19 +143,30 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+PROFILE_DIR: str | None = None  # set from --profile_dir by `benchmark`
+
+
 def time_calls(call: Callable[[], Any], steps: int) -> tuple[float, list[float]]:
     """(first call's seconds: compile + one run, [steps] seconds of the following calls).
 
-    `call` returns device arrays; each call ends when they are ready.
+    `call` returns device arrays; each call ends when they are ready. With --profile_dir the
+    timed calls (not the compile) are traced for TensorBoard / Perfetto.
     """
     start = time.perf_counter()
     jax.block_until_ready(call())
     compile_s = time.perf_counter() - start
     times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        jax.block_until_ready(call())
-        times.append(time.perf_counter() - start)
+    profiling = PROFILE_DIR is not None
+    if profiling:
+        jax.profiler.start_trace(PROFILE_DIR)
+    try:
+        for _ in range(steps):
+            start = time.perf_counter()
+            jax.block_until_ready(call())
+            times.append(time.perf_counter() - start)
+    finally:
+        if profiling:
+            jax.profiler.stop_trace()
     return compile_s, times
 
 
@@ -178,6 +201,7 @@ def synthetic_config(args: argparse.Namespace, hidden_size: int) -> ml_collectio
     c.model.optim.sched.warmup_steps = 0
     c.trainer.precision = DTYPES[args.dtype]
     c.model.frozen_weights_dtype = args.frozen_dtype
+    c.model.activations_checkpoint_granularity = REMAT[args.remat]
     c.trainer.max_steps = args.steps + 1
     config_lib.validate(c)
     return c
@@ -248,6 +272,7 @@ def _header(args: argparse.Namespace, mode: str, model: str) -> dict[str, Any]:
         "model": model,
         "dtype": args.dtype,
         "frozen_dtype": args.frozen_dtype,
+        "remat": args.remat,
         "batch": args.batch,
         "seq": args.seq,
         "virtual_tokens": args.virtual_tokens,
@@ -374,8 +399,12 @@ def bench_generate(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer.eos_id = None
     lm = predict.PromptedLM(
         config=s.model.config,
-        lm_params=jax.tree_util.tree_map(
-            lambda x: jax.numpy.asarray(x, s.model.config.param_dtype), loaded.params
+        lm_params=jax.device_put(
+            pack_params(
+                jax.tree_util.tree_map(
+                    lambda x: np.asarray(x, s.model.config.param_dtype), loaded.params
+                )
+            )
         ),
         tables=tables,
         task_names=s.task_names,
@@ -545,6 +574,8 @@ def bench_data(args: argparse.Namespace) -> dict[str, Any]:
 
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Runs the benchmark the options name; returns the JSON line's fields."""
+    global PROFILE_DIR
+    PROFILE_DIR = args.profile_dir
     if args.data is not None:
         result = bench_data(args)
     else:

@@ -15,7 +15,17 @@ import ml_collections
 from ptlearn.errors import ConfigError
 
 VIRTUAL_PROMPT_STYLES = ("prompt-tuning", "p-tuning", "inference")
-PRECISIONS = {"32": "float32", "bf16": "bfloat16", "16": "float16", "bf16-mixed": "bfloat16"}
+# trainer.precision -> (activation dtype, matmul input dtype). "-mixed" (and NeMo's bare "bf16")
+# is autocast-like: float32 activations, low-precision matmuls; "-true" runs activations low too.
+PRECISIONS = {
+    "32": ("float32", "float32"),
+    "bf16": ("float32", "bfloat16"),
+    "bf16-mixed": ("float32", "bfloat16"),
+    "bf16-true": ("bfloat16", "bfloat16"),
+    "16": ("float32", "float16"),
+    "16-mixed": ("float32", "float16"),
+    "16-true": ("float16", "float16"),
+}
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -189,8 +199,8 @@ def as_tuple(value: Any) -> tuple:
     return (value,)
 
 
-def dtype_of_precision(precision: Any) -> str:
-    """`trainer.precision` (32, bf16, 16, ...) -> the compute dtype name."""
+def dtypes_of_precision(precision: Any) -> tuple[str, str]:
+    """`trainer.precision` (32, bf16, bf16-true, ...) -> (activation dtype, matmul dtype)."""
     key = str(precision)
     if key not in PRECISIONS:
         raise ConfigError(
@@ -221,7 +231,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"model.global_batch_size={m.global_batch_size} is not a multiple of "
             f"model.micro_batch_size={m.micro_batch_size}"
         )
-    dtype_of_precision(config.trainer.precision)
+    dtypes_of_precision(config.trainer.precision)
     if config.trainer.max_steps <= 0 and config.trainer.max_epochs <= 0:
         raise ConfigError("set trainer.max_steps or trainer.max_epochs to a positive number")
     if config.trainer.val_check_interval < 1 or config.trainer.log_every_n_steps < 1:

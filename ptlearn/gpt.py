@@ -21,6 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ptlearn import layers
 
@@ -47,7 +48,8 @@ class GPTConfig:
     tie_embeddings: bool = True
     rope_base: float = 10000.0
     param_dtype: str = "float32"
-    dtype: str = "float32"  # compute dtype
+    dtype: str = "float32"  # activations (residual stream, norms, attention)
+    matmul_dtype: str = ""  # inputs of the weight matmuls, float32 accumulation; "": `dtype`
     remat_policy: str = "none"  # see REMAT_POLICIES
 
     def __post_init__(self) -> None:
@@ -58,6 +60,7 @@ class GPTConfig:
             "remat_policy": (self.remat_policy, tuple(REMAT_POLICIES)),
             "dtype": (self.dtype, ("float32", "bfloat16", "float16")),
             "param_dtype": (self.param_dtype, ("float32", "bfloat16", "float16")),
+            "matmul_dtype": (self.matmul_dtype, ("", "float32", "bfloat16", "float16")),
         }
         for key, (value, allowed) in checks.items():
             if value not in allowed:
@@ -146,6 +149,7 @@ class Block(nn.Module):
             rope_base,
             dtype=c.dtype,
             param_dtype=c.param_dtype,
+            matmul_dtype=c.matmul_dtype or None,
             name="attn",
         )(h, positions, mask, cache, cache_index)
         x = x + h
@@ -156,6 +160,7 @@ class Block(nn.Module):
             c.use_bias,
             dtype=c.dtype,
             param_dtype=c.param_dtype,
+            matmul_dtype=c.matmul_dtype or None,
             name="mlp",
         )(h)
         x = x + h
@@ -166,6 +171,52 @@ class Block(nn.Module):
         return x, cache
 
 
+def _bits_of(tree: Any) -> Any:
+    """16-bit float leaves -> uint16 with the same bits.
+
+    XLA:CPU slices a bfloat16 stack inside a loop by converting the whole stack to float32
+    first (every step, twice: forward and backward); an integer stack is sliced as is, and
+    `layers.weight` / `layers.matmul` read the bits back as floats inside each block.
+    """
+
+    def bits(a: Any) -> Any:
+        if _is_16bit_float(a.dtype):
+            return jax.lax.bitcast_convert_type(a, jnp.uint16)
+        return a
+
+    return jax.tree.map(bits, tree)
+
+
+def pack_params(params: Any) -> Any:
+    """Host params (the tree under "params") with the block stack's 16-bit floats as uint16.
+
+    Free on the host (a numpy view) and what the scan slices anyway; without it every call
+    bitcasts the whole stack on the device. GPT.apply takes packed and unpacked trees alike.
+    """
+
+    def pack(a: Any) -> Any:
+        a = np.asarray(a)
+        return a.view(np.uint16) if _is_16bit_float(a.dtype) else a
+
+    return {**params, "layers": jax.tree.map(pack, params["layers"])}
+
+
+def _is_16bit_float(dtype: Any) -> bool:
+    return jnp.issubdtype(dtype, jnp.floating) and jnp.dtype(dtype).itemsize == 2
+
+
+def _floats_of(dtype: str) -> Any:
+    """The inverse of `_bits_of` for parameters stored in `dtype`."""
+
+    def floats(tree: Any) -> Any:
+        def to_float(a: Any) -> Any:
+            return jax.lax.bitcast_convert_type(a, dtype) if a.dtype == jnp.uint16 else a
+
+        return jax.tree.map(to_float, tree)
+
+    return floats
+
+
 class GPT(nn.Module):
     """A decoder-only transformer; takes token ids or input embeddings."""
 
@@ -174,7 +225,11 @@ class GPT(nn.Module):
     def setup(self) -> None:
         c = self.config
         self.embed = layers.Embed(
-            c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.param_dtype
+            c.vocab_size,
+            c.hidden_size,
+            dtype=c.dtype,
+            param_dtype=c.param_dtype,
+            matmul_dtype=c.matmul_dtype or None,
         )
         if c.position_embedding == "learned":
             self.pos_embed = layers.Embed(
@@ -187,18 +242,27 @@ class GPT(nn.Module):
         block = Block
         if REMAT_POLICIES[c.remat_policy] is not None:
             block = nn.remat(block, policy=REMAT_POLICIES[c.remat_policy], prevent_cse=False)
-        self.layers = nn.scan(
+        stack = nn.scan(
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
             in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
             length=c.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
-        )(c)
+        )
+        if jnp.dtype(c.param_dtype).itemsize == 2:  # blocks get uint16 bits (layers.weight)
+            stack = nn.map_variables(
+                stack, "params", _bits_of, _floats_of(c.param_dtype), init=self.is_initializing()
+            )
+        self.layers = stack(c)
         self.final_norm = layers.make_norm(c.norm, c.norm_eps, c.dtype, c.param_dtype, "final_norm")
         if not c.tie_embeddings:
             self.head = layers.DenseGeneral(
-                (c.vocab_size,), ("embed", "vocab"), dtype=c.dtype, param_dtype=c.param_dtype
+                (c.vocab_size,),
+                ("embed", "vocab"),
+                dtype=c.dtype,
+                param_dtype=c.param_dtype,
+                matmul_dtype=c.matmul_dtype or None,
             )
 
     def embed_tokens(self, ids: jax.Array) -> jax.Array:

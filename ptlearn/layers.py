@@ -6,15 +6,115 @@ Logical axes used: `vocab`, `embed`, `heads`, `kv_heads`, `head_dim`, `mlp`, `po
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = jnp.dtype | str
 
 default_kernel_init = nn.initializers.normal(stddev=0.02)
+
+
+def weight(value: jax.Array, dtype: Dtype) -> jax.Array:
+    """A parameter as floats: uint16 bits (16-bit weights sliced from a scan) read as `dtype`."""
+    if value.dtype == jnp.uint16:
+        return jax.lax.bitcast_convert_type(value, dtype)
+    return value
+
+
+def _as_matrices(x: jax.Array, kernel: jax.Array, in_dims: int, transpose_kernel: bool):
+    """x -> [M, K]; kernel -> [K, N] (or [N, K] when transposed); and the output's shape."""
+    if transpose_kernel:
+        out_shape = kernel.shape[:1]
+        k = math.prod(kernel.shape[1:])
+        b = kernel.reshape(-1, k)
+    else:
+        out_shape = kernel.shape[in_dims:]
+        k = math.prod(kernel.shape[:in_dims])
+        b = kernel.reshape(k, -1)
+    batch_shape = x.shape[: x.ndim - in_dims]
+    return x.reshape(-1, k), b, (*batch_shape, *out_shape)
+
+
+def _contract(transpose_kernel: bool):
+    return (((1,), (1,)) if transpose_kernel else ((1,), (0,)), ((), ()))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _matmul(x, kernel, in_dims, transpose_kernel, matmul_dtype, kernel_dtype):
+    kernel = weight(kernel, kernel_dtype)
+    a, b, out_shape = _as_matrices(x, kernel, in_dims, transpose_kernel)
+    y = jax.lax.dot_general(
+        a.astype(matmul_dtype),
+        b.astype(matmul_dtype),
+        _contract(transpose_kernel),
+        preferred_element_type=jnp.float32,
+    )
+    return y.reshape(out_shape)
+
+
+def _matmul_fwd(x, kernel, in_dims, transpose_kernel, matmul_dtype, kernel_dtype):
+    y = _matmul(x, kernel, in_dims, transpose_kernel, matmul_dtype, kernel_dtype)
+    # Residuals: the weight exactly as given (a scan then forwards its slice instead of
+    # stacking a copy) and the activation in the matmul dtype.
+    return y, (x.astype(matmul_dtype), kernel, jnp.zeros((), x.dtype))
+
+
+def _matmul_bwd(in_dims, transpose_kernel, matmul_dtype, kernel_dtype, residuals, g):
+    x_low, kernel, x_dtype = residuals
+    floats = weight(kernel, kernel_dtype).astype(matmul_dtype)
+    a, b, _ = _as_matrices(x_low, floats, in_dims, transpose_kernel)
+    g = g.reshape(a.shape[0], -1).astype(matmul_dtype)
+    f32 = jnp.float32
+    if transpose_kernel:  # y = a @ b.T, b: [N, K]
+        da = jax.lax.dot_general(g, b, (((1,), (0,)), ((), ())), preferred_element_type=f32)
+        db = jax.lax.dot_general(g, a, (((0,), (0,)), ((), ())), preferred_element_type=f32)
+    else:  # y = a @ b, b: [K, N]
+        da = jax.lax.dot_general(g, b, (((1,), (1,)), ((), ())), preferred_element_type=f32)
+        db = jax.lax.dot_general(a, g, (((0,), (0,)), ((), ())), preferred_element_type=f32)
+    dx = da.reshape(x_low.shape).astype(x_dtype.dtype)
+    if kernel.dtype == jnp.uint16:  # bits have no gradient
+        return dx, np.zeros(kernel.shape, jax.dtypes.float0)
+    return dx, db.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def matmul(
+    x: jax.Array,
+    kernel: jax.Array,
+    in_dims: int,
+    matmul_dtype: Dtype,
+    out_dtype: Dtype,
+    transpose_kernel: bool = False,
+    kernel_dtype: Dtype = jnp.float32,
+) -> jax.Array:
+    """Contracts the last `in_dims` axes of x with the first `in_dims` of kernel (or, with
+    `transpose_kernel`, x's last axis with the last axis of a [out, in] kernel).
+
+    x: [..., *in_shape]; kernel: [*in_shape, *out_shape] (floats, or uint16 bits of
+    `kernel_dtype`) -> [..., *out_shape] in `out_dtype`. Inputs are cast to `matmul_dtype`,
+    accumulation is float32, and below float32 the backward pass multiplies in `matmul_dtype`
+    too (cotangents cast down): a float32 cotangent would make XLA:CPU upcast the weights
+    and leave its AMX / AVX512-BF16 kernels.
+    """
+    matmul_dtype = jnp.dtype(matmul_dtype)
+    if matmul_dtype != jnp.float32 or kernel.dtype == jnp.uint16:
+        dtypes = (matmul_dtype.name, jnp.dtype(kernel_dtype).name)
+        y = _matmul(x, kernel, in_dims, transpose_kernel, *dtypes)
+        return y.astype(out_dtype)
+    if transpose_kernel:
+        contract = ((x.ndim - 1,), (1,))
+    else:
+        contract = (tuple(range(x.ndim - in_dims, x.ndim)), tuple(range(in_dims)))
+    y = jax.lax.dot_general(x.astype(jnp.float32), kernel.astype(jnp.float32), (contract, ((), ())))
+    return y.astype(out_dtype)
 
 
 class DenseGeneral(nn.Module):
@@ -29,6 +129,7 @@ class DenseGeneral(nn.Module):
     use_bias: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    matmul_dtype: Dtype | None = None  # None: `dtype`
     kernel_init: nn.initializers.Initializer = default_kernel_init
 
     @nn.compact
@@ -41,9 +142,13 @@ class DenseGeneral(nn.Module):
             in_shape + out_shape,
             self.param_dtype,
         )
-        contract = (tuple(range(x.ndim - self.in_dims, x.ndim)), tuple(range(self.in_dims)))
-        y = jax.lax.dot_general(
-            x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ()))
+        y = matmul(
+            x,
+            kernel,
+            self.in_dims,
+            self.matmul_dtype or self.dtype,
+            self.dtype,
+            kernel_dtype=self.param_dtype,
         )
         if self.use_bias:
             bias_axes = tuple(self.kernel_axes[self.in_dims :])
@@ -53,7 +158,7 @@ class DenseGeneral(nn.Module):
                 out_shape,
                 self.param_dtype,
             )
-            y = y + bias.astype(self.dtype)
+            y = y + weight(bias, self.param_dtype).astype(self.dtype)
         return y
 
 
@@ -65,6 +170,7 @@ class Embed(nn.Module):
     axes: tuple[str, str] = ("vocab", "embed")
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    matmul_dtype: Dtype | None = None  # of `attend`; None: `dtype`
 
     def setup(self) -> None:
         self.embedding = self.param(
@@ -80,7 +186,8 @@ class Embed(nn.Module):
 
     def attend(self, x: jax.Array) -> jax.Array:
         """x: [B, T, features] -> [B, T, num_embeddings] (x times the table's transpose)."""
-        return jnp.einsum("btd,vd->btv", x.astype(self.dtype), self.embedding.astype(self.dtype))
+        dtype = self.matmul_dtype or self.dtype
+        return matmul(x, self.embedding, 1, dtype, self.dtype, transpose_kernel=True)
 
 
 class RMSNorm(nn.Module):
@@ -100,7 +207,8 @@ class RMSNorm(nn.Module):
         )
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (normed.astype(self.dtype) * scale.astype(self.dtype)).astype(self.dtype)
+        scale = weight(scale, self.param_dtype).astype(self.dtype)
+        return (normed.astype(self.dtype) * scale).astype(self.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -129,7 +237,9 @@ class LayerNorm(nn.Module):
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
         normed = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-        return (normed * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+        scale = weight(scale, self.param_dtype).astype(jnp.float32)
+        bias = weight(bias, self.param_dtype).astype(jnp.float32)
+        return (normed * scale + bias).astype(self.dtype)
 
 
 def make_norm(kind: str, eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.Module:
@@ -172,7 +282,9 @@ def dot_product_attention(
     scores = scores / jnp.sqrt(jnp.float32(head_dim))
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", weights, v.astype(dtype))
+    out = jnp.einsum(
+        "bkgts,bskd->btkgd", weights, v.astype(dtype), preferred_element_type=jnp.float32
+    ).astype(dtype)
     return out.reshape(batch, length, num_heads, head_dim)
 
 
@@ -186,6 +298,7 @@ class Attention(nn.Module):
     rope_base: float | None  # None: positions are added to the input instead (GPT-2)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    matmul_dtype: Dtype | None = None  # of the projections; None: `dtype`
 
     @nn.compact
     def __call__(
@@ -211,6 +324,7 @@ class Attention(nn.Module):
                 use_bias=self.use_bias,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
+                matmul_dtype=self.matmul_dtype,
                 name=name,
             )
 
@@ -234,6 +348,7 @@ class Attention(nn.Module):
             use_bias=self.use_bias,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            matmul_dtype=self.matmul_dtype,
             name="out",
         )(out)
         return out, new_cache
@@ -247,6 +362,7 @@ class MLP(nn.Module):
     use_bias: bool
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    matmul_dtype: Dtype | None = None  # of the projections; None: `dtype`
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -260,6 +376,7 @@ class MLP(nn.Module):
                 use_bias=self.use_bias,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
+                matmul_dtype=self.matmul_dtype,
                 name=name,
             )
 

@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from ptlearn import (
     distributed,
+    gpt,
     masking,
     optim,
     predict,
@@ -96,7 +97,9 @@ def init_state(s: Setup, steps: int) -> tuple[dict, Any, optax.GradientTransform
     }
     dtype = s.model.config.param_dtype
     params = {
-        "lm": jax.tree_util.tree_map(lambda x: np.asarray(x, dtype), s.loaded.params),
+        "lm": gpt.pack_params(
+            jax.tree_util.tree_map(lambda x: np.asarray(x, dtype), s.loaded.params)
+        ),
         "prompt": jax.tree_util.tree_map(np.asarray, nn.meta.unbox(boxed_prompt)),
     }
     params = jax.device_put(params, shardings)

@@ -108,8 +108,10 @@ def gpt_config_from(config: ml_collections.ConfigDict, base: Any) -> Any:
         raise ConfigError(
             f"model.frozen_weights_dtype={m.frozen_weights_dtype!r}: use 'float32' or 'bfloat16'"
         )
+    dtype, matmul_dtype = config_lib.dtypes_of_precision(config.trainer.precision)
     return base.replace(
-        dtype=config_lib.dtype_of_precision(config.trainer.precision),
+        dtype=dtype,
+        matmul_dtype=matmul_dtype,
         param_dtype=m.frozen_weights_dtype,
         remat_policy=remat,
     )
