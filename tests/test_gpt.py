@@ -125,3 +125,18 @@ def test_variants_parameter_counts():
     assert abs(gpt.VARIANTS["smollm2-135m"].num_params - 134.5e6) < 1e6
     assert abs(gpt.VARIANTS["gpt-345m"].num_params - 355e6) < 10e6
     assert abs(gpt.VARIANTS["test-1b"].num_params - 1.0e9) < 0.2e9
+
+
+def test_packed_bfloat16_blocks_give_the_same_logits_as_unpacked():
+    config = gpt.VARIANTS["test"].replace(param_dtype="bfloat16", matmul_dtype="bfloat16")
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (2, 9)))
+    model = gpt.GPT(config)
+    params = jax.device_get(model.init(jax.random.key(0), ids)["params"])
+    packed = gpt.pack_params(params)
+    assert {x.dtype for x in jax.tree.leaves(packed["layers"])} == {np.dtype("uint16")}
+    plain = model.apply({"params": params}, ids)[0]
+    np.testing.assert_array_equal(model.apply({"params": packed}, ids)[0], plain)
+    # And the model in float32 storage with the same (bf16-rounded) values agrees.
+    wide = gpt.GPT(config.replace(param_dtype="float32"))
+    as_f32 = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+    np.testing.assert_allclose(wide.apply({"params": as_f32}, ids)[0], plain, atol=1e-5)

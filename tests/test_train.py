@@ -237,7 +237,13 @@ def test_frozen_weights_in_bfloat16_prompts_and_optimizer_in_float32(tiny):
     config.model.frozen_weights_dtype = "bfloat16"
     s = train.setup(config)
     state, frozen, tx, _ = train.init_state(s, 6)
-    assert {x.dtype for x in jax.tree.leaves(frozen["lm"])} == {np.dtype("bfloat16")}
+    # The block stack travels as the uint16 bits of its bfloat16 weights (gpt.pack_params).
+    lm = frozen["lm"]
+    assert {x.dtype for x in jax.tree.leaves(lm["layers"])} == {np.dtype("uint16")}
+    assert {x.dtype for x in jax.tree.leaves({**lm, "layers": None})} == {np.dtype("bfloat16")}
+    unpacked = np.asarray(lm["layers"]["mlp"]["up"]["kernel"]).view(jax.numpy.bfloat16)
+    expected = np.asarray(s.loaded.params["layers"]["mlp"]["up"]["kernel"], jax.numpy.bfloat16)
+    np.testing.assert_array_equal(unpacked, expected)
     new_state, stats = train.make_train_step(s, tx)(state, frozen, train.Batches(s).get(0, 0))
     assert {x.dtype for x in jax.tree.leaves(new_state["trainable"])} == {np.dtype("float32")}
     moments = [x for x in jax.tree.leaves(new_state["opt_state"]) if getattr(x, "ndim", 0) > 0]
