@@ -284,7 +284,8 @@ def render(
         f"Settings: batch {args.batch}, seq {args.seq} text tokens + {args.virtual_tokens} "
         f"virtual, {args.steps} timed steps, {args.repeats} repeat(s) per side (median shown), "
         f"PEFT warm-up {args.peer_warmup} steps; generate: {args.prompt_len}-token prompts, "
-        f"{args.new_tokens} new tokens, PEFT `--gen-impl={args.gen_impl}`. float32.",
+        f"{args.new_tokens} new tokens, PEFT `--gen-impl={args.gen_impl}`. PEFT float32; "
+        f"ptlearn {args.ptlearn_flags or 'float32 (no extra flags)'}.",
         "",
         f"Machine: {m['cpu']}, {m['cores']} logical cores, {m['memory']}; {m['os']}; "
         f"python {m['python']}. " + ", ".join(f"{k} {v}" for k, v in versions.items()),
