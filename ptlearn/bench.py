@@ -315,7 +315,8 @@ def bench_fixed(args: argparse.Namespace) -> dict[str, Any]:
     )
     state, frozen, tx, _ = train.init_state(s, args.steps + 1)
     result = _header(args, args.mode, args.model)
-    summary = param_summary(state["trainable"], frozen)  # before the donating step runs
+    # Before the donating step runs.
+    summary = param_summary(state["trainable"], frozen, s.model.config.param_dtype)
     with sharding.activate(s.mesh, s.rules):
         if args.mode == "forward":
             # The eval step: prompted forward + answer NLL, no gradient.
@@ -361,13 +362,18 @@ def bench_fixed(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def param_summary(trainable: Any, frozen: Any) -> dict[str, Any]:
-    """Trainable parameter count, and the frozen LM's size and storage dtypes."""
+def param_summary(trainable: Any, frozen: Any, weights_dtype: str) -> dict[str, Any]:
+    """Trainable parameter count, and the frozen LM's size and storage dtypes.
+
+    uint16 leaves are the packed bits of `weights_dtype` (gpt.pack_params) and count as it.
+    """
     lm = [x for x in jax.tree_util.tree_leaves(frozen["lm"]) if hasattr(x, "nbytes")]
     return {
         "trainable_params": int(sum(x.size for x in jax.tree_util.tree_leaves(trainable))),
         "frozen_lm_mb": round(sum(x.nbytes for x in lm) / 2**20, 1),
-        "frozen_lm_dtypes": sorted({str(x.dtype) for x in lm}),
+        "frozen_lm_dtypes": sorted(
+            {weights_dtype if x.dtype == np.uint16 else str(x.dtype) for x in lm}
+        ),
     }
 
 
@@ -522,7 +528,7 @@ def bench_data(args: argparse.Namespace) -> dict[str, Any]:
         length = max(args.seq, host["ids"].shape[-1])
         return jax.device_put(pad_time_axis(host, length, pad_id), batches.batch_sharding)
 
-    summary = param_summary(state["trainable"], frozen)
+    summary = param_summary(state["trainable"], frozen, s.model.config.param_dtype)
     holder = {"state": state}
     fetchers = {"bucketed": batches.get, "padded": padded_fetch}
     passes = {  # per variant: (warm-up record, timed record)
