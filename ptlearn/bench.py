@@ -96,7 +96,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--data", default=None, help="a task jsonl: time the real input pipeline")
     p.add_argument("--config", default=None, help="with --data: configs/X.py[:arg]")
     p.add_argument(
-        "--profile_dir", default=None, help="write a jax.profiler trace of the timed calls here"
+        "--profile_dir",
+        default=None,
+        help="fixed-shape and generate modes: a jax.profiler trace of the timed calls",
     )
     args = p.parse_args(list(argv))
     _check_args(args)
@@ -143,10 +145,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-PROFILE_DIR: str | None = None  # set from --profile_dir by `benchmark`
-
-
-def time_calls(call: Callable[[], Any], steps: int) -> tuple[float, list[float]]:
+def time_calls(
+    call: Callable[[], Any], steps: int, profile_dir: str | None = None
+) -> tuple[float, list[float]]:
     """(first call's seconds: compile + one run, [steps] seconds of the following calls).
 
     `call` returns device arrays; each call ends when they are ready. With --profile_dir the
@@ -156,9 +157,9 @@ def time_calls(call: Callable[[], Any], steps: int) -> tuple[float, list[float]]
     jax.block_until_ready(call())
     compile_s = time.perf_counter() - start
     times = []
-    profiling = PROFILE_DIR is not None
+    profiling = profile_dir is not None
     if profiling:
-        jax.profiler.start_trace(PROFILE_DIR)
+        jax.profiler.start_trace(profile_dir)
     try:
         for _ in range(steps):
             start = time.perf_counter()
@@ -323,7 +324,7 @@ def bench_fixed(args: argparse.Namespace) -> dict[str, Any]:
             eval_step = train.make_eval_step(s)
             batch = jax.device_put(host, sharding.batch_sharding(s.mesh, s.rules))
             compile_s, times = time_calls(
-                lambda: eval_step(state["trainable"], frozen, batch), args.steps
+                lambda: eval_step(state["trainable"], frozen, batch), args.steps, args.profile_dir
             )
             loss = None
         else:
@@ -339,7 +340,7 @@ def bench_fixed(args: argparse.Namespace) -> dict[str, Any]:
                 holder["stats"] = stats
                 return holder["state"], stats
 
-            compile_s, times = time_calls(one_step, args.steps)
+            compile_s, times = time_calls(one_step, args.steps, args.profile_dir)
             loss = float(holder["stats"]["loss"])
     real = float(host["attention_mask"].sum())
     text = float((host["attention_mask"] & (host["virtual_index"] < 0)).sum())
@@ -425,7 +426,7 @@ def bench_generate(args: argparse.Namespace) -> dict[str, Any]:
     inference.tokens_to_generate = args.new_tokens
     inference.batch_size = args.batch
     compile_s, times = time_calls(
-        lambda: predict.generate_answers(lm, examples, inference), args.steps
+        lambda: predict.generate_answers(lm, examples, inference), args.steps, args.profile_dir
     )
     prompt_length = batching.bucket_length(len(examples[0].ids), lm.max_seq_length)
     median = statistics.median(times)
@@ -580,8 +581,6 @@ def bench_data(args: argparse.Namespace) -> dict[str, Any]:
 
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Runs the benchmark the options name; returns the JSON line's fields."""
-    global PROFILE_DIR
-    PROFILE_DIR = args.profile_dir
     if args.data is not None:
         result = bench_data(args)
     else:

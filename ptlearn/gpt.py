@@ -206,15 +206,8 @@ def _is_16bit_float(dtype: Any) -> bool:
 
 
 def _floats_of(dtype: str) -> Any:
-    """The inverse of `_bits_of` for parameters stored in `dtype`."""
-
-    def floats(tree: Any) -> Any:
-        def to_float(a: Any) -> Any:
-            return jax.lax.bitcast_convert_type(a, dtype) if a.dtype == jnp.uint16 else a
-
-        return jax.tree.map(to_float, tree)
-
-    return floats
+    """The inverse of `_bits_of` for parameters stored in `dtype` (init stores floats)."""
+    return lambda tree: jax.tree.map(lambda a: layers.weight(a, dtype), tree)
 
 
 class GPT(nn.Module):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -27,57 +28,56 @@ def weight(value: jax.Array, dtype: Dtype) -> jax.Array:
     return value
 
 
-def _as_matrices(x: jax.Array, kernel: jax.Array, in_dims: int, transpose_kernel: bool):
-    """x -> [M, K]; kernel -> [K, N] (or [N, K] when transposed); and the output's shape."""
-    if transpose_kernel:
-        out_shape = kernel.shape[:1]
-        k = math.prod(kernel.shape[1:])
+class _MatmulSpec(NamedTuple):
+    """The static half of a low-precision matmul (hashable: custom_vjp's nondiff argument)."""
+
+    in_dims: int
+    transpose_kernel: bool
+    matmul_dtype: str
+    kernel_dtype: str  # what uint16 kernel bits hold
+    x_dtype: str  # of the input, hence of its cotangent
+
+
+def _as_matrices(spec: _MatmulSpec, x: jax.Array, kernel: jax.Array):
+    """x -> [M, K]; kernel (floats) -> [K, N] or, transposed, [N, K]; and the output's shape."""
+    if spec.transpose_kernel:
+        out_shape, k = kernel.shape[:1], math.prod(kernel.shape[1:])
         b = kernel.reshape(-1, k)
     else:
-        out_shape = kernel.shape[in_dims:]
-        k = math.prod(kernel.shape[:in_dims])
+        out_shape, k = kernel.shape[spec.in_dims :], math.prod(kernel.shape[: spec.in_dims])
         b = kernel.reshape(k, -1)
-    batch_shape = x.shape[: x.ndim - in_dims]
-    return x.reshape(-1, k), b, (*batch_shape, *out_shape)
+    batch_shape = x.shape[: x.ndim - spec.in_dims]
+    low = spec.matmul_dtype
+    return x.reshape(-1, k).astype(low), b.astype(low), (*batch_shape, *out_shape)
 
 
-def _contract(transpose_kernel: bool):
-    return (((1,), (1,)) if transpose_kernel else ((1,), (0,)), ((), ()))
+def _dot(a: jax.Array, b: jax.Array, a_axis: int, b_axis: int) -> jax.Array:
+    """[M, K] x [K, N]-style product contracting a's `a_axis` with b's `b_axis`; float32 out."""
+    dims = (((a_axis,), (b_axis,)), ((), ()))
+    return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _matmul(x, kernel, in_dims, transpose_kernel, matmul_dtype, kernel_dtype):
-    kernel = weight(kernel, kernel_dtype)
-    a, b, out_shape = _as_matrices(x, kernel, in_dims, transpose_kernel)
-    y = jax.lax.dot_general(
-        a.astype(matmul_dtype),
-        b.astype(matmul_dtype),
-        _contract(transpose_kernel),
-        preferred_element_type=jnp.float32,
-    )
-    return y.reshape(out_shape)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _matmul(spec: _MatmulSpec, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    a, b, out_shape = _as_matrices(spec, x, weight(kernel, spec.kernel_dtype))
+    return _dot(a, b, 1, 1 if spec.transpose_kernel else 0).reshape(out_shape)
 
 
-def _matmul_fwd(x, kernel, in_dims, transpose_kernel, matmul_dtype, kernel_dtype):
-    y = _matmul(x, kernel, in_dims, transpose_kernel, matmul_dtype, kernel_dtype)
+def _matmul_fwd(spec, x, kernel):
     # Residuals: the weight exactly as given (a scan then forwards its slice instead of
     # stacking a copy) and the activation in the matmul dtype.
-    return y, (x.astype(matmul_dtype), kernel, jnp.zeros((), x.dtype))
+    return _matmul(spec, x, kernel), (x.astype(spec.matmul_dtype), kernel)
 
 
-def _matmul_bwd(in_dims, transpose_kernel, matmul_dtype, kernel_dtype, residuals, g):
-    x_low, kernel, x_dtype = residuals
-    floats = weight(kernel, kernel_dtype).astype(matmul_dtype)
-    a, b, _ = _as_matrices(x_low, floats, in_dims, transpose_kernel)
-    g = g.reshape(a.shape[0], -1).astype(matmul_dtype)
-    f32 = jnp.float32
-    if transpose_kernel:  # y = a @ b.T, b: [N, K]
-        da = jax.lax.dot_general(g, b, (((1,), (0,)), ((), ())), preferred_element_type=f32)
-        db = jax.lax.dot_general(g, a, (((0,), (0,)), ((), ())), preferred_element_type=f32)
+def _matmul_bwd(spec, residuals, g):
+    x_low, kernel = residuals
+    a, b, _ = _as_matrices(spec, x_low, weight(kernel, spec.kernel_dtype))
+    g = g.reshape(a.shape[0], -1).astype(spec.matmul_dtype)
+    if spec.transpose_kernel:  # y = a @ b.T, b: [N, K]
+        da, db = _dot(g, b, 1, 0), _dot(g, a, 0, 0)
     else:  # y = a @ b, b: [K, N]
-        da = jax.lax.dot_general(g, b, (((1,), (1,)), ((), ())), preferred_element_type=f32)
-        db = jax.lax.dot_general(a, g, (((0,), (0,)), ((), ())), preferred_element_type=f32)
-    dx = da.reshape(x_low.shape).astype(x_dtype.dtype)
+        da, db = _dot(g, b, 1, 1), _dot(a, g, 0, 0)
+    dx = da.reshape(x_low.shape).astype(spec.x_dtype)
     if kernel.dtype == jnp.uint16:  # bits have no gradient
         return dx, np.zeros(kernel.shape, jax.dtypes.float0)
     return dx, db.reshape(kernel.shape).astype(kernel.dtype)
@@ -106,9 +106,14 @@ def matmul(
     """
     matmul_dtype = jnp.dtype(matmul_dtype)
     if matmul_dtype != jnp.float32 or kernel.dtype == jnp.uint16:
-        dtypes = (matmul_dtype.name, jnp.dtype(kernel_dtype).name)
-        y = _matmul(x, kernel, in_dims, transpose_kernel, *dtypes)
-        return y.astype(out_dtype)
+        spec = _MatmulSpec(
+            in_dims,
+            transpose_kernel,
+            matmul_dtype.name,
+            jnp.dtype(kernel_dtype).name,
+            jnp.dtype(x.dtype).name,
+        )
+        return _matmul(spec, x, kernel).astype(out_dtype)
     if transpose_kernel:
         contract = ((x.ndim - 1,), (1,))
     else:
@@ -190,6 +195,17 @@ class Embed(nn.Module):
         return matmul(x, self.embedding, 1, dtype, self.dtype, transpose_kernel=True)
 
 
+def _feature_vector(module: nn.Module, name: str, init: Any, features: int) -> jax.Array:
+    """A norm's [features] parameter (logical axis `embed`), read as floats."""
+    value = module.param(
+        name,
+        nn.with_logical_partitioning(init, ("embed",)),
+        (features,),
+        module.param_dtype,
+    )
+    return weight(value, module.param_dtype)
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm (Llama); statistics in float32 whatever the compute dtype."""
 
@@ -199,16 +215,10 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.param(
-            "scale",
-            nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-            (x.shape[-1],),
-            self.param_dtype,
-        )
+        scale = _feature_vector(self, "scale", nn.initializers.ones, x.shape[-1])
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        scale = weight(scale, self.param_dtype).astype(self.dtype)
-        return (normed.astype(self.dtype) * scale).astype(self.dtype)
+        return (normed.astype(self.dtype) * scale.astype(self.dtype)).astype(self.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -220,26 +230,14 @@ class LayerNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        features = x.shape[-1]
-        scale = self.param(
-            "scale",
-            nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-            (features,),
-            self.param_dtype,
-        )
-        bias = self.param(
-            "bias",
-            nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-            (features,),
-            self.param_dtype,
-        )
+        scale = _feature_vector(self, "scale", nn.initializers.ones, x.shape[-1])
+        bias = _feature_vector(self, "bias", nn.initializers.zeros, x.shape[-1])
         x32 = x.astype(jnp.float32)
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
         normed = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-        scale = weight(scale, self.param_dtype).astype(jnp.float32)
-        bias = weight(bias, self.param_dtype).astype(jnp.float32)
-        return (normed * scale + bias).astype(self.dtype)
+        scaled = normed * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+        return scaled.astype(self.dtype)
 
 
 def make_norm(kind: str, eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.Module:

@@ -97,6 +97,16 @@ def test_frozen_weights_in_bfloat16(tiny, capsys):
     assert half["loss"] == pytest.approx(full["loss"], abs=0.05)
 
 
+def test_remat_keeps_the_loss_and_profile_dir_writes_a_trace(tiny, capsys, tmp_path):
+    model, _ = tiny
+    plain = run(capsys, [f"--model={model}", "--mode=prompt", *SMALL])
+    flags = ["--remat=full", f"--profile_dir={tmp_path}", "--dtype=bfloat16"]
+    remat = run(capsys, [f"--model={model}", "--mode=prompt", *flags, *SMALL])
+    assert remat["remat"] == "full" and remat["dtype"] == "bfloat16"
+    assert remat["loss"] == pytest.approx(plain["loss"], abs=0.05)
+    assert list(tmp_path.rglob("*.xplane.pb"))
+
+
 def test_generate(tiny, capsys):
     model, _ = tiny
     argv = [f"--model={model}", "--mode=generate", "--steps=2", "--batch=2", "--new_tokens=16"]
