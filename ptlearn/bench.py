@@ -53,7 +53,7 @@ from ptlearn import (
 from ptlearn.checkpoints import load_model
 from ptlearn.data import batching
 from ptlearn.errors import ConfigError, PtlearnError
-from ptlearn.gpt import GPT, pack_params
+from ptlearn.gpt import GPT, unstack_layers
 
 MODES = ("forward", "prompt", "ptune-mlp", "ptune-lstm", "generate")
 DTYPES = {"float32": "32", "bfloat16": "bf16"}  # --dtype -> trainer.precision
@@ -404,15 +404,13 @@ def bench_generate(args: argparse.Namespace) -> dict[str, Any]:
     # Without an EOS id the decoder never stops early: every row makes --new_tokens tokens.
     tokenizer = copy.copy(loaded.tokenizer)
     tokenizer.eos_id = None
+    config, lm_params = unstack_layers(
+        s.model.config,
+        jax.tree_util.tree_map(lambda x: np.asarray(x, s.model.config.param_dtype), loaded.params),
+    )
     lm = predict.PromptedLM(
-        config=s.model.config,
-        lm_params=jax.device_put(
-            pack_params(
-                jax.tree_util.tree_map(
-                    lambda x: np.asarray(x, s.model.config.param_dtype), loaded.params
-                )
-            )
-        ),
+        config=config,
+        lm_params=jax.device_put(lm_params),
         tables=tables,
         task_names=s.task_names,
         templates=s.templates,

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptlearn.gpt import GPT, GPTConfig, init_cache
+from ptlearn.gpt import GPT, Cache, GPTConfig, cache_length, init_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +61,8 @@ def decode(
     prompt_mask: jax.Array,
     rng: jax.Array,
     embeddings: jax.Array | None = None,
+    prefix_cache: Cache | None = None,
+    prefix_lengths: jax.Array | None = None,
     *,
     config: GPTConfig,
     tokens_to_generate: int,
@@ -71,15 +73,26 @@ def decode(
 
     params: the GPT's {"params": ...}; ids: [B, T] int32, left-padded; prompt_mask: [B, T] bool
     (True on real tokens); embeddings: optional [B, T, E] input embeddings used instead of ids
-    for the prompt (the prompt-learning path). Returns (tokens [B, N] int32, lengths [B] int32):
-    row b's new tokens are tokens[b, :lengths[b]], EOS included when it was produced.
+    for the prompt (the prompt-learning path). prefix_cache: optional keys and values of tokens
+    that come before each prompt, already computed ([.., B, P, K, D], see `prefix_cache`), row b
+    holding prefix_lengths[b] (int32 [B]) of them in its first slots; the prompt then continues
+    at position prefix_lengths[b]. Returns (tokens [B, N] int32, lengths [B] int32): row b's
+    new tokens are tokens[b, :lengths[b]], EOS included when it was produced.
     """
     model = GPT(config)
     batch, prompt_len = ids.shape
-    total = prompt_len + tokens_to_generate
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
     key_mask = jnp.concatenate([prompt_mask, jnp.ones((batch, tokens_to_generate), bool)], 1)
-    cache = init_cache(config, batch, total)
+    cache = init_cache(config, batch, prompt_len + tokens_to_generate)
+    start = 0
+    if prefix_cache is not None:
+        start = cache_length(prefix_cache)
+        positions = positions + prefix_lengths[:, None]
+        prefix_mask = jnp.arange(start)[None, :] < prefix_lengths[:, None]
+        key_mask = jnp.concatenate([prefix_mask, key_mask], 1)
+        cache = jax.tree.map(
+            lambda p, c: jnp.concatenate([p.astype(c.dtype), c], axis=-3), prefix_cache, cache
+        )
     inputs = {"embeddings": embeddings} if embeddings is not None else {"ids": ids}
     hidden, cache = model.apply(
         params,
@@ -87,7 +100,7 @@ def decode(
         positions=positions,
         attention_mask=key_mask,
         cache=cache,
-        cache_index=0,
+        cache_index=start,
         return_hidden=True,
     )
     last_logits = model.apply(params, hidden[:, -1:], method=GPT.logits)[:, 0]
@@ -112,7 +125,7 @@ def decode(
             positions=(next_position + step - 1)[:, None],
             attention_mask=key_mask,
             cache=cache,
-            cache_index=prompt_len + step - 1,
+            cache_index=start + prompt_len + step - 1,
         )
         rng, step_rng = jax.random.split(rng)
         token = choose_tokens(logits[:, 0], step_rng, sampling)
@@ -124,6 +137,35 @@ def decode(
     state = (jnp.int32(1), cache, tokens, lengths, done, first, rng)
     _, _, tokens, lengths, _, _, _ = jax.lax.while_loop(keep_going, one_token, state)
     return tokens, lengths
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def prefix_cache(
+    params: Any, embeddings: jax.Array, lengths: jax.Array, *, config: GPTConfig
+) -> Cache:
+    """Keys and values of shared prompt prefixes (e.g. one per task), computed once.
+
+    embeddings: [R, P, E], row r's prefix right-padded after lengths[r] (int32 [R]) tokens at
+    positions 0..lengths[r]-1. Returns a cache ([.., R, P, K, D]) whose rows `decode` takes
+    as `prefix_cache` (gather them per request first, see `gather_rows`).
+    """
+    rows, length = embeddings.shape[:2]
+    mask = jnp.arange(length)[None, :] < lengths[:, None]
+    _, cache = GPT(config).apply(
+        params,
+        embeddings=embeddings,
+        attention_mask=mask,
+        cache=init_cache(config, rows, length),
+        cache_index=0,
+        return_hidden=True,
+    )
+    return cache
+
+
+@jax.jit
+def gather_rows(cache: Cache, rows: jax.Array) -> Cache:
+    """cache [.., R, P, K, D], rows: [B] int32 -> the cache of those rows [.., B, P, K, D]."""
+    return jax.tree.map(lambda a: jnp.take(a, rows, axis=a.ndim - 4), cache)
 
 
 def left_pad(

@@ -25,7 +25,8 @@ import numpy as np
 
 from ptlearn import layers
 
-Cache = dict[str, jax.Array]  # {"k", "v"}: [L, B, S, K, D]
+# Scanned layers: {"k", "v"}: [L, B, S, K, D]; unrolled: one {"k", "v"}: [B, S, K, D] per layer.
+Cache = dict[str, jax.Array] | list[dict[str, jax.Array]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,10 @@ class GPTConfig:
     dtype: str = "float32"  # activations (residual stream, norms, attention)
     matmul_dtype: str = ""  # inputs of the weight matmuls, float32 accumulation; "": `dtype`
     remat_policy: str = "none"  # see REMAT_POLICIES
+    # False: one Block per layer, params "blocks_0".."blocks_{L-1}" (see `unstack_layers`).
+    # A scan slices (copies) every weight out of the stack on each call, which dominates a
+    # decode step; separate per-layer buffers are read in place.
+    scan_layers: bool = True
 
     def __post_init__(self) -> None:
         checks = {
@@ -235,6 +240,22 @@ class GPT(nn.Module):
         block = Block
         if REMAT_POLICIES[c.remat_policy] is not None:
             block = nn.remat(block, policy=REMAT_POLICIES[c.remat_policy], prevent_cse=False)
+        if not c.scan_layers:
+            self.blocks = [block(c) for _ in range(c.num_layers)]
+        else:
+            self.layers = self._scanned_stack(block)
+        self.final_norm = layers.make_norm(c.norm, c.norm_eps, c.dtype, c.param_dtype, "final_norm")
+        if not c.tie_embeddings:
+            self.head = layers.DenseGeneral(
+                (c.vocab_size,),
+                ("embed", "vocab"),
+                dtype=c.dtype,
+                param_dtype=c.param_dtype,
+                matmul_dtype=c.matmul_dtype or None,
+            )
+
+    def _scanned_stack(self, block: Any) -> nn.Module:
+        c = self.config
         stack = nn.scan(
             block,
             variable_axes={"params": 0},
@@ -247,16 +268,7 @@ class GPT(nn.Module):
             stack = nn.map_variables(
                 stack, "params", _bits_of, _floats_of(c.param_dtype), init=self.is_initializing()
             )
-        self.layers = stack(c)
-        self.final_norm = layers.make_norm(c.norm, c.norm_eps, c.dtype, c.param_dtype, "final_norm")
-        if not c.tie_embeddings:
-            self.head = layers.DenseGeneral(
-                (c.vocab_size,),
-                ("embed", "vocab"),
-                dtype=c.dtype,
-                param_dtype=c.param_dtype,
-                matmul_dtype=c.matmul_dtype or None,
-            )
+        return stack(c)
 
     def embed_tokens(self, ids: jax.Array) -> jax.Array:
         """ids: [B, T] int -> token embeddings [B, T, E] (no positions added)."""
@@ -298,7 +310,7 @@ class GPT(nn.Module):
         if c.position_embedding == "learned":
             x = x + self.pos_embed(positions)
         start = jnp.asarray(0 if cache_index is None else cache_index, jnp.int32)
-        num_keys = length if cache is None else cache["k"].shape[2]
+        num_keys = length if cache is None else cache_length(cache)
         if attention_mask is None:
             attention_mask = jnp.ones((batch, num_keys), bool)
         query_slots = start + jnp.arange(length)
@@ -307,7 +319,16 @@ class GPT(nn.Module):
         x = nn.with_logical_constraint(
             x, ("activation_batch", "activation_length", "activation_embed")
         )
-        x, cache = self.layers(x, positions, mask, cache, start)
+        if c.scan_layers:
+            x, cache = self.layers(x, positions, mask, cache, start)
+        else:
+            updated = []
+            for i, block in enumerate(self.blocks):
+                x, layer_cache = block(
+                    x, positions, mask, None if cache is None else cache[i], start
+                )
+                updated.append(layer_cache)
+            cache = None if cache is None else updated
         hidden = self.final_norm(x)
         if return_hidden:
             return hidden, cache
@@ -315,10 +336,43 @@ class GPT(nn.Module):
 
 
 def init_cache(config: GPTConfig, batch: int, length: int, dtype: Any = None) -> Cache:
-    """An empty KV cache {"k", "v"}: [L, B, length, K, D] in the compute dtype (or `dtype`)."""
-    shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+    """An empty KV cache in the compute dtype (or `dtype`): {"k", "v"}: [L, B, length, K, D],
+    or with unrolled layers a list of L {"k", "v"}: [B, length, K, D]."""
+    shape = (batch, length, config.num_kv_heads, config.head_dim)
     dtype = dtype or config.dtype
+    if not config.scan_layers:
+        return [
+            {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+            for _ in range(config.num_layers)
+        ]
+    shape = (config.num_layers, *shape)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def cache_length(cache: Cache) -> int:
+    """Key slots S of a cache in either layout."""
+    return (cache[0] if isinstance(cache, list) else cache)["k"].shape[-3]
+
+
+def unstack_layers(config: GPTConfig, params: Any) -> tuple[GPTConfig, Any]:
+    """(config, params under "params") with scanned layers -> the unrolled layout.
+
+    The `layers` stack [L, ...] becomes "blocks_0".."blocks_{L-1}" (numpy views for host arrays;
+    uint16 bits become `param_dtype` floats again). Inputs already unrolled pass through.
+    """
+    if not config.scan_layers:
+        return config, params
+
+    def floats(a: Any) -> Any:
+        if isinstance(a, np.ndarray) and a.dtype == np.uint16:
+            return a.view(jnp.dtype(config.param_dtype))
+        return layers.weight(a, config.param_dtype)
+
+    stack = jax.tree.map(floats, params["layers"])
+    unrolled = {k: v for k, v in params.items() if k != "layers"}
+    for i in range(config.num_layers):
+        unrolled[f"blocks_{i}"] = jax.tree.map(lambda a, i=i: a[i], stack)
+    return config.replace(scan_layers=False), unrolled
 
 
 def init_params(config: GPTConfig, rng: jax.Array) -> Any:

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_model import sharp_attention
 
 from ptlearn import generate as gen
 from ptlearn import gpt
@@ -77,3 +78,42 @@ def test_bad_options():
         gen.Sampling(top_p=0.0)
     with pytest.raises(ValueError, match="temperature"):
         gen.Sampling(greedy=False, temperature=0)
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_prefix_cache_continues_like_the_whole_prompt(tiny, scan_layers):
+    config, params = tiny[0], sharp_attention(tiny[1])
+    config, params = (config, params) if scan_layers else gpt.unstack_layers(config, params)
+    rng = np.random.default_rng(3)
+    prefixes = [rng.integers(1, 256, n).tolist() for n in (4, 6)]  # two "tasks"
+    rows = [(0, [7, 8, 9]), (1, [10, 11, 12, 13, 14]), (0, [15]), (1, [16, 17])]
+    whole = gen.generate(
+        config, params, [prefixes[t] + rest for t, rest in rows], tokens_to_generate=7
+    )
+    # The tasks' prefixes computed once, right-padded to 6 slots, then gathered per row.
+    table = np.zeros((2, 6), np.int32)
+    for t, p in enumerate(prefixes):
+        table[t, : len(p)] = p
+    embed = gpt.GPT(config).apply(
+        {"params": params}, jnp.asarray(table), method=gpt.GPT.embed_tokens
+    )
+    task_caches = gen.prefix_cache(
+        {"params": params}, embed, jnp.asarray([4, 6], jnp.int32), config=config
+    )
+    task_of = jnp.asarray([t for t, _ in rows], jnp.int32)
+    ids, mask = gen.left_pad([rest for _, rest in rows], 0)
+    tokens, lengths = gen.decode(
+        {"params": params},
+        jnp.asarray(ids),
+        jnp.asarray(mask),
+        jax.random.key(0),
+        None,
+        gen.gather_rows(task_caches, task_of),
+        jnp.asarray([len(prefixes[t]) for t, _ in rows], jnp.int32),
+        config=config,
+        tokens_to_generate=7,
+        sampling=gen.Sampling(),
+        eos_ids=(),
+    )
+    assert np.asarray(lengths).tolist() == [7] * 4
+    assert np.asarray(tokens).tolist() == whole

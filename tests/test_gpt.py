@@ -140,3 +140,35 @@ def test_packed_bfloat16_blocks_give_the_same_logits_as_unpacked():
     wide = gpt.GPT(config.replace(param_dtype="float32"))
     as_f32 = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
     np.testing.assert_allclose(wide.apply({"params": as_f32}, ids)[0], plain, atol=1e-5)
+
+
+@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
+def test_unrolled_layers_compute_what_the_scan_computes(param_dtype):
+    config = gpt.VARIANTS["test"].replace(param_dtype=param_dtype)
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (2, 9)))
+    params = jax.device_get(nn.unbox(gpt.init_params(config, jax.random.key(0)))["params"])
+    stacked = gpt.pack_params(params) if param_dtype == "bfloat16" else params
+    flat_config, flat = gpt.unstack_layers(config, stacked)
+    assert not flat_config.scan_layers and "layers" not in flat
+    assert sorted(k for k in flat if k.startswith("blocks_")) == ["blocks_0", "blocks_1"]
+    assert {x.dtype for x in jax.tree.leaves(flat["blocks_1"])} == {np.dtype(param_dtype)}
+    # The unrolled model's own init has the same tree as the unstacked parameters.
+    fresh = nn.unbox(gpt.init_params(flat_config, jax.random.key(0)))["params"]
+    assert jax.tree.structure(fresh) == jax.tree.structure(flat)
+    scanned, unrolled = gpt.GPT(config), gpt.GPT(flat_config)
+    np.testing.assert_allclose(
+        unrolled.apply({"params": flat}, ids)[0],
+        scanned.apply({"params": params}, ids)[0],
+        atol=1e-5 if param_dtype == "float32" else 0.05,
+    )
+    # Incremental decoding with the per-layer cache list matches the stacked cache.
+    caches = []
+    for c, model, p in ((config, scanned, params), (flat_config, unrolled, flat)):
+        cache = gpt.init_cache(c, 2, 12)
+        logits, cache = model.apply({"params": p}, ids, cache=cache, cache_index=0)
+        assert gpt.cache_length(cache) == 12
+        caches.append(cache)
+    assert isinstance(caches[1], list) and len(caches[1]) == config.num_layers
+    np.testing.assert_allclose(
+        caches[1][1]["k"], caches[0]["k"][1], atol=1e-5 if param_dtype == "float32" else 0.05
+    )

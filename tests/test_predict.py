@@ -1,0 +1,89 @@
+"""Serving: the per-task virtual-prompt prefix is computed once and decodes like the whole prompt."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from tiny_model import sharp_attention
+
+from ptlearn import config_lib, gpt, predict
+from ptlearn.templates import VIRTUAL_FILL_ID, EncodedExample
+
+
+class _Digits:
+    """Decodes ids as space-separated numbers (enough to compare generated tokens)."""
+
+    eos_id = None
+    pad_id = 0
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(str(i) for i in ids)
+
+
+def _example(task, head, virtual, tail):
+    """head text ids, then `virtual` virtual tokens, then tail text ids."""
+    ids = [*head, *[VIRTUAL_FILL_ID] * virtual, *tail]
+    index = [-1] * len(head) + list(range(virtual)) + [-1] * len(tail)
+    return EncodedExample(
+        taskname=task,
+        ids=np.asarray(ids, np.int32),
+        virtual_index=np.asarray(index, np.int32),
+        loss_mask=np.zeros(len(ids), np.float32),
+        answer_start=len(ids),
+    )
+
+
+def test_shared_prefix_ends_at_the_last_shared_virtual_token():
+    a = _example("t", [1, 2], 3, [9, 9, 5])
+    b = _example("t", [1, 2], 3, [9, 9, 6, 7])
+    assert predict.shared_prefix_length([a, b]) == 5  # [1, 2, v0, v1, v2]; "9 9" is data
+    assert predict.shared_prefix_length([a, _example("t", [1, 3], 3, [9])]) == 0
+    assert predict.shared_prefix_length([_example("t", [], 2, [4])]) == 2
+    # At least one token stays after the prefix.
+    assert predict.shared_prefix_length([_example("t", [1], 2, [])]) == 2
+    assert predict.shared_prefix_length([_example("t", [], 2, [])]) == 1
+    assert predict.shared_prefix_length([_example("t", [4, 5], 0, [6])]) == 0
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_answers_with_prefix_caches_equal_the_whole_prompt(monkeypatch, scan_layers):
+    config = gpt.VARIANTS["test"]
+    params = jax.device_get(nn.unbox(gpt.init_params(config, jax.random.key(0)))["params"])
+    params = sharp_attention(params)
+    if not scan_layers:
+        config, params = gpt.unstack_layers(config, params)
+    tables = np.random.default_rng(0).normal(0, 1, (2, 4, config.hidden_size)).astype(np.float32)
+    lm = predict.PromptedLM(
+        config=config,
+        lm_params=params,
+        tables=tables,
+        task_names=["a", "b"],
+        templates={},
+        tokenizer=_Digits(),
+        max_seq_length=64,
+        add_bos=False,
+        add_eos=False,
+    )
+    rng = np.random.default_rng(1)
+    examples = [
+        _example(task, head, virtual, rng.integers(1, 256, n).tolist())
+        for task, head, virtual, n in [
+            ("a", [3], 4, 5),
+            ("b", [], 2, 3),
+            ("a", [3], 4, 2),
+            ("b", [], 2, 7),
+            ("a", [3], 4, 1),
+        ]
+    ]
+    inference = config_lib.inference_config()
+    inference.update(greedy=True, tokens_to_generate=6, batch_size=2)
+    cached = predict.generate_answers(lm, examples, inference)
+    assert len(lm.prefix_caches) == 2  # one per task, reused by all three batches
+    predict.generate_answers(lm, examples, inference)
+    assert len(lm.prefix_caches) == 2
+    monkeypatch.setattr(predict, "shared_prefix_length", lambda examples: 0)
+    whole = predict.generate_answers(dataclasses.replace(lm, prefix_caches={}), examples, inference)
+    assert cached == whole
+    assert all(len(a.split()) == 6 for a in cached)
