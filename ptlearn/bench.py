@@ -296,7 +296,7 @@ def _rates(median: float, padded: float, real: float, text: float) -> dict[str, 
 
 def bench_fixed(args: argparse.Namespace) -> dict[str, Any]:
     """forward / prompt / ptune-mlp / ptune-lstm on one synthetic batch [batch, seq + P]."""
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, dtype=args.frozen_dtype)
     load_peak = peak_rss_mb()
     s = synthetic_setup(args, loaded)
     examples = synthetic_examples(
@@ -388,7 +388,7 @@ def _encoder_text(s: train.Setup) -> str | None:
 def bench_generate(args: argparse.Namespace) -> dict[str, Any]:
     """Greedy decoding of `--new_tokens` per row for `--batch` prompt-tuned prompts of
     `--prompt_len` text tokens, through predict.generate_answers with EOS disabled."""
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, dtype=args.frozen_dtype)
     load_peak = peak_rss_mb()
     s = synthetic_setup(args, loaded)
     prompt_params = nn.meta.unbox(train.init_prompt_params(s, jax.random.key(args.seed)))

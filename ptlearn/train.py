@@ -88,7 +88,13 @@ def init_state(s: Setup, steps: int) -> tuple[dict, Any, optax.GradientTransform
     the base model and restore_path, never checkpointed and never handed to the optimizer.
     Shardings come from the parameters' logical axes: the LM Megatron-style over the model
     axis, prompts replicated (tpmlp's hidden split), the optimizer state like its parameters.
+    The base model's host weights move to the device: `s.loaded.params` is None afterwards.
     """
+    if s.loaded.params is None:
+        raise ConfigError(
+            "init_state: this Setup's base-model weights already went to the device in an "
+            "earlier init_state; build a new Setup (train.setup) for another run"
+        )
     init_rng, state_rng = jax.random.split(jax.random.key(s.config.model.seed))
     boxed_prompt = init_prompt_params(s, init_rng)
     shardings = {
@@ -103,6 +109,8 @@ def init_state(s: Setup, steps: int) -> tuple[dict, Any, optax.GradientTransform
         "prompt": jax.tree_util.tree_map(np.asarray, nn.meta.unbox(boxed_prompt)),
     }
     params = jax.device_put(params, shardings)
+    # The device copy is the model from here on (frozen["lm"]); the host copy would double it.
+    s.loaded.params = None
     labels = masking.param_labels(params, freeze_rules(s))
     trainable, frozen = masking.split(params, labels)
     if any(leaf is not None for leaf in jax.tree_util.tree_leaves(trainable["lm"])):

@@ -104,17 +104,22 @@ def gpt_config_from(config: ml_collections.ConfigDict, base: Any) -> Any:
             "'selective'"
         )
     remat = {"": "none", "full": "full", "selective": "dots"}[granularity]
-    if m.frozen_weights_dtype not in ("float32", "bfloat16"):
-        raise ConfigError(
-            f"model.frozen_weights_dtype={m.frozen_weights_dtype!r}: use 'float32' or 'bfloat16'"
-        )
     dtype, matmul_dtype = config_lib.dtypes_of_precision(config.trainer.precision)
     return base.replace(
         dtype=dtype,
         matmul_dtype=matmul_dtype,
-        param_dtype=m.frozen_weights_dtype,
+        param_dtype=frozen_weights_dtype(m),
         remat_policy=remat,
     )
+
+
+def frozen_weights_dtype(m: ml_collections.ConfigDict) -> str:
+    """`model.frozen_weights_dtype`, checked: how the base model's weights are stored."""
+    if m.frozen_weights_dtype not in ("float32", "bfloat16"):
+        raise ConfigError(
+            f"model.frozen_weights_dtype={m.frozen_weights_dtype!r}: use 'float32' or 'bfloat16'"
+        )
+    return m.frozen_weights_dtype
 
 
 def _restore(m: Any, existing: list[str]) -> PromptModel | None:
@@ -200,7 +205,8 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
         config_lib.as_tuple(m.data.validation_ds), "model.data.validation_ds"
     )
     _check_tasks(val_records, list(served), "the tasks this run serves")
-    loaded = load_model(m.language_model_path)
+    # Loaded straight into the storage dtype: no float32 copy of the model stays around.
+    loaded = load_model(m.language_model_path, dtype=frozen_weights_dtype(m))
     max_len = min(m.max_seq_length, loaded.config.max_position_embeddings)
     encoder_config = encoder_config_from(m, loaded.config.hidden_size)
     label_sets = dict(restored.label_sets) if restored is not None else {}

@@ -13,8 +13,10 @@ import pytest
 from tiny_model import tiny_config, write_tiny_data, write_tiny_model
 
 from ptlearn import predict, train
+from ptlearn.checkpoints import load_model
 from ptlearn.checkpoints.prompt_model import load_prompt_model
 from ptlearn.data.jsonl import read_jsonl, write_jsonl
+from ptlearn.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -236,13 +238,20 @@ def test_frozen_weights_in_bfloat16_prompts_and_optimizer_in_float32(tiny):
     config = tiny_config(*tiny)
     config.model.frozen_weights_dtype = "bfloat16"
     s = train.setup(config)
+    # The base model is read straight into bfloat16 (no float32 copy of it is held).
+    assert {x.dtype for x in jax.tree.leaves(s.loaded.params)} == {np.dtype("bfloat16")}
+    wide = load_model(config.model.language_model_path).params["layers"]["mlp"]["up"]["kernel"]
+    expected = np.asarray(wide, jax.numpy.bfloat16)
     state, frozen, tx, _ = train.init_state(s, 6)
+    # The host copy is gone once the weights are on the device; a second init_state says so.
+    assert s.loaded.params is None
+    with pytest.raises(ConfigError, match="already went to the device"):
+        train.init_state(s, 6)
     # The block stack travels as the uint16 bits of its bfloat16 weights (gpt.pack_params).
     lm = frozen["lm"]
     assert {x.dtype for x in jax.tree.leaves(lm["layers"])} == {np.dtype("uint16")}
     assert {x.dtype for x in jax.tree.leaves({**lm, "layers": None})} == {np.dtype("bfloat16")}
     unpacked = np.asarray(lm["layers"]["mlp"]["up"]["kernel"]).view(jax.numpy.bfloat16)
-    expected = np.asarray(s.loaded.params["layers"]["mlp"]["up"]["kernel"], jax.numpy.bfloat16)
     np.testing.assert_array_equal(unpacked, expected)
     new_state, stats = train.make_train_step(s, tx)(state, frozen, train.Batches(s).get(0, 0))
     assert {x.dtype for x in jax.tree.leaves(new_state["trainable"])} == {np.dtype("float32")}

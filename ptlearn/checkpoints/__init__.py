@@ -9,6 +9,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from ptlearn.checkpoints.loading import LoadedModel
 from ptlearn.errors import CheckpointError
@@ -48,25 +53,35 @@ def resolve_model(spec: str) -> pathlib.Path:
     return path
 
 
-def load_model(spec: str, *, with_tokenizer: bool = True) -> LoadedModel:
-    """Loads `default` or the checkpoint at a path, choosing the importer by what is there."""
+def load_model(spec: str, *, with_tokenizer: bool = True, dtype: Any = "float32") -> LoadedModel:
+    """Loads `default` or the checkpoint at a path, choosing the importer by what is there.
+
+    The weights come as `dtype` numpy arrays (e.g. "bfloat16" for frozen bf16 weights); GGUF
+    files are converted layer by layer, so no float32 copy of the whole model is ever held.
+    """
     path = resolve_model(spec)
+    dtype = jnp.dtype(dtype)
     if path.is_file() and path.suffix == ".gguf":
         from ptlearn.checkpoints import gguf
 
-        return gguf.load(path, with_tokenizer=with_tokenizer)
+        return gguf.load(path, with_tokenizer=with_tokenizer, dtype=dtype)
     if path.suffix == ".nemo" or (path.is_dir() and (path / "model_config.yaml").is_file()):
         from ptlearn.checkpoints import nemo
 
-        return nemo.load(path)
+        return _cast(nemo.load(path), dtype)
     if path.is_dir() and (path / "config.json").is_file():
         from ptlearn.checkpoints import hf
 
-        return hf.load(path)
+        return _cast(hf.load(path), dtype)
     raise CheckpointError(
         f"{path}: not a recognised checkpoint (expected a .gguf file, a Hugging Face folder "
         "with config.json, or a .nemo archive / folder with model_config.yaml)"
     )
+
+
+def _cast(loaded: LoadedModel, dtype: Any) -> LoadedModel:
+    loaded.params = jax.tree.map(lambda a: np.asarray(a, dtype), loaded.params)
+    return loaded
 
 
 def file_checksum(path: str | pathlib.Path, chunk: int = 1 << 22) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -165,33 +166,41 @@ def _gpt2_layer(t: dict[str, np.ndarray], config: GPTConfig) -> dict[str, np.nda
     return layer
 
 
-def load(path: str | pathlib.Path, *, with_tokenizer: bool = True) -> LoadedModel:
-    """Reads a GGUF file: config from metadata, every tensor dequantised to float32."""
+def load(
+    path: str | pathlib.Path, *, with_tokenizer: bool = True, dtype: Any = np.float32
+) -> LoadedModel:
+    """Reads a GGUF file: config from metadata, every tensor dequantised and cast to `dtype`
+    one layer at a time (peak memory: the `dtype` model plus one float32 layer)."""
     source = str(path)
     reader = open_reader(path)
     config = read_config(reader, source)
     tensors = {t.name: t for t in reader.tensors}
     arch = metadata_value(reader, "general.architecture")
     layer_fn = _gpt2_layer if arch == "gpt2" else _llama_layer
-    per_layer = []
-    for i in range(config.num_layers):
-        prefix = f"blk.{i}."
-        names = [n for n in tensors if n.startswith(prefix)]
-        layer_tensors = {n[len(prefix) :]: dequantize(tensors[n]) for n in names}
-        try:
-            per_layer.append(layer_fn(layer_tensors, config))
-        except KeyError as err:
-            raise CheckpointError(f"{source}: layer {i} lacks tensor {err.args[0]}") from err
-    flat = {"embed/embedding": dequantize(tensors["token_embd.weight"])}
-    flat["final_norm/scale"] = dequantize(tensors["output_norm.weight"])
+
+    def layers() -> Iterator[dict[str, np.ndarray]]:
+        for i in range(config.num_layers):
+            prefix = f"blk.{i}."
+            names = [n for n in tensors if n.startswith(prefix)]
+            layer_tensors = {n[len(prefix) :]: dequantize(tensors[n]) for n in names}
+            try:
+                yield layer_fn(layer_tensors, config)
+            except KeyError as err:
+                raise CheckpointError(f"{source}: layer {i} lacks tensor {err.args[0]}") from err
+
+    def read(name: str) -> np.ndarray:
+        return dequantize(tensors[name]).astype(dtype)
+
+    flat = {"embed/embedding": read("token_embd.weight")}
+    flat["final_norm/scale"] = read("output_norm.weight")
     if "output_norm.bias" in tensors:
-        flat["final_norm/bias"] = dequantize(tensors["output_norm.bias"])
+        flat["final_norm/bias"] = read("output_norm.bias")
     if "position_embd.weight" in tensors:
-        flat["pos_embed/embedding"] = dequantize(tensors["position_embd.weight"])
+        flat["pos_embed/embedding"] = read("position_embd.weight")
     if "output.weight" in tensors:
-        flat["head/kernel"] = dequantize(tensors["output.weight"]).T
-    params = {**unflatten(flat), "layers": stack_layers(per_layer)}
-    params = check_params(config, params, source)
+        flat["head/kernel"] = np.ascontiguousarray(read("output.weight").T)
+    params = {**unflatten(flat), "layers": stack_layers(layers(), config.num_layers, dtype)}
+    params = check_params(config, params, source, dtype)
     tokenizer = None
     if with_tokenizer:
         from ptlearn import tokenizers

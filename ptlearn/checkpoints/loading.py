@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -21,24 +21,37 @@ class LoadedModel:
     """A base model read from disk: architecture, float weights, tokenizer, and where from."""
 
     config: GPTConfig
-    params: ParamTree
+    params: ParamTree | None  # None once train.init_state moved the weights to the device
     tokenizer: Any  # ptlearn.tokenizers.Tokenizer, or None when the checkpoint carries none
     source: str
 
 
-def stack_layers(per_layer: Sequence[Mapping[str, Any]]) -> ParamTree:
+def stack_layers(
+    per_layer: Iterable[Mapping[str, Any]], num_layers: int | None = None, dtype: Any = np.float32
+) -> ParamTree:
     """[{path: array}] per layer -> {path: array with a leading layer axis}, nested by '/'.
 
-    per_layer[i] maps '/'-joined paths inside the block (e.g. 'attn/query/kernel') to arrays.
+    per_layer yields, per layer, '/'-joined paths inside the block (e.g. 'attn/query/kernel')
+    mapped to arrays; each layer is cast to `dtype` into preallocated [L, ...] arrays as it
+    comes, so a generator (with `num_layers`) holds one float32 layer at a time.
     """
-    if not per_layer:
+    if num_layers is None:
+        per_layer = list(per_layer)
+        num_layers = len(per_layer)
+    if not num_layers:
         raise CheckpointError("checkpoint has no transformer layers")
-    keys = sorted(per_layer[0])
+    stacked: dict[str, np.ndarray] = {}
     for i, layer in enumerate(per_layer):
-        if sorted(layer) != keys:
-            missing = sorted(set(keys) ^ set(layer))
+        if not stacked:
+            stacked = {
+                k: np.empty((num_layers, *np.shape(v)), dtype) for k, v in sorted(layer.items())
+            }
+        if sorted(layer) != sorted(stacked):
+            missing = sorted(set(stacked) ^ set(layer))
             raise CheckpointError(f"layer {i} has different tensors from layer 0: {missing}")
-    return unflatten({k: np.stack([np.asarray(layer[k]) for layer in per_layer]) for k in keys})
+        for k, v in layer.items():
+            stacked[k][i] = v
+    return unflatten(stacked)
 
 
 def unflatten(flat: Mapping[str, Any]) -> ParamTree:
@@ -73,8 +86,11 @@ def expected_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in flatten(nn.unbox(abstract)["params"]).items()}
 
 
-def check_params(config: GPTConfig, params: ParamTree, source: str) -> ParamTree:
-    """Checks names and shapes against the architecture; casts to float32 numpy arrays."""
+def check_params(
+    config: GPTConfig, params: ParamTree, source: str, dtype: Any = np.float32
+) -> ParamTree:
+    """Checks names and shapes against the architecture; casts to `dtype` numpy arrays
+    (no copy for arrays already in it)."""
     want = expected_shapes(config)
     have = flatten(params)
     missing = sorted(set(want) - set(have))
@@ -90,4 +106,4 @@ def check_params(config: GPTConfig, params: ParamTree, source: str) -> ParamTree
                 f"{source}: parameter {path} has shape {np.shape(have[path])}, "
                 f"the architecture needs {shape}"
             )
-    return unflatten({k: np.asarray(v, dtype=np.float32) for k, v in have.items()})
+    return unflatten({k: np.asarray(v, dtype=dtype) for k, v in have.items()})
