@@ -122,6 +122,61 @@ def matmul(
     return y.astype(out_dtype)
 
 
+class _EinsumSpec(NamedTuple):
+    """The static half of a low-precision einsum of two operands."""
+
+    subscripts: str  # "a,b->out"
+    matmul_dtype: str
+    a_dtype: str
+    b_dtype: str
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _einsum(spec: _EinsumSpec, a: jax.Array, b: jax.Array) -> jax.Array:
+    low = spec.matmul_dtype
+    return jnp.einsum(
+        spec.subscripts, a.astype(low), b.astype(low), preferred_element_type=jnp.float32
+    )
+
+
+def _einsum_fwd(spec, a, b):
+    low = spec.matmul_dtype
+    return _einsum(spec, a, b), (a.astype(low), b.astype(low))
+
+
+def _einsum_bwd(spec, residuals, g):
+    a, b = residuals
+    inputs, out = spec.subscripts.split("->")
+    sa, sb = inputs.split(",")
+    g = g.astype(spec.matmul_dtype)
+    da = jnp.einsum(f"{out},{sb}->{sa}", g, b, preferred_element_type=jnp.float32)
+    db = jnp.einsum(f"{out},{sa}->{sb}", g, a, preferred_element_type=jnp.float32)
+    return da.astype(spec.a_dtype), db.astype(spec.b_dtype)
+
+
+_einsum.defvjp(_einsum_fwd, _einsum_bwd)
+
+
+def einsum(subscripts: str, a: jax.Array, b: jax.Array, matmul_dtype: Dtype) -> jax.Array:
+    """`jnp.einsum(subscripts, a, b)` -> float32, multiplying in `matmul_dtype`.
+
+    Below float32 both the product and its backward take `matmul_dtype` inputs with float32
+    accumulation, like `matmul` (for activation-by-activation products such as attention's).
+    Every index of one operand must appear in the other or in the output.
+    """
+    matmul_dtype = jnp.dtype(matmul_dtype)
+    if matmul_dtype == jnp.float32:
+        return jnp.einsum(subscripts, a, b, preferred_element_type=jnp.float32)
+    inputs, out = subscripts.replace(" ", "").split("->")
+    sa, sb = inputs.split(",")
+    if not (set(sa) <= set(sb) | set(out) and set(sb) <= set(sa) | set(out)):
+        raise ValueError(f"einsum {subscripts!r}: an index is summed within one operand")
+    spec = _EinsumSpec(
+        f"{sa},{sb}->{out}", matmul_dtype.name, jnp.dtype(a.dtype).name, jnp.dtype(b.dtype).name
+    )
+    return _einsum(spec, a, b)
+
+
 class DenseGeneral(nn.Module):
     """A linear map contracting the last `in_dims` axes of `x` into `out_shape`.
 
@@ -266,23 +321,28 @@ def apply_rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
 
 
 def dot_product_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, dtype: Dtype
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    dtype: Dtype,
+    matmul_dtype: Dtype | None = None,
 ) -> jax.Array:
     """Grouped-query attention with softmax in float32.
 
     q: [B, T, N, D]; k, v: [B, S, K, D] with N a multiple of K; mask: [B, T, S] bool (True = may
-    attend) -> [B, T, N, D].
+    attend) -> [B, T, N, D] in `dtype`. The two products multiply in `matmul_dtype` (default
+    `dtype`) with float32 accumulation.
     """
     batch, length, num_heads, head_dim = q.shape
     num_kv_heads = k.shape[2]
+    matmul_dtype = matmul_dtype or dtype
     q = q.reshape(batch, length, num_kv_heads, num_heads // num_kv_heads, head_dim)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype), matmul_dtype)
     scores = scores / jnp.sqrt(jnp.float32(head_dim))
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    out = jnp.einsum(
-        "bkgts,bskd->btkgd", weights, v.astype(dtype), preferred_element_type=jnp.float32
-    ).astype(dtype)
+    out = einsum("bkgts,bskd->btkgd", weights, v.astype(dtype), matmul_dtype).astype(dtype)
     return out.reshape(batch, length, num_heads, head_dim)
 
 
@@ -338,7 +398,7 @@ class Attention(nn.Module):
             k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
             new_cache = {"k": k, "v": v}
-        out = dot_product_attention(q, k, v, mask, self.dtype)
+        out = dot_product_attention(q, k, v, mask, self.dtype, self.matmul_dtype)
         out = DenseGeneral(
             (features,),
             ("heads", "head_dim", "embed"),

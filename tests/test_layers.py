@@ -89,3 +89,46 @@ def test_bfloat16_matmul_backward_runs_its_products_in_bfloat16():
     hlo = jax.jit(jax.grad(loss)).lower(x).as_text()
     dots = [line for line in hlo.splitlines() if "dot_general" in line and "=" in line]
     assert dots and all("bf16" in line.split("dot_general")[1] for line in dots), dots
+
+
+@pytest.mark.parametrize("subscripts", ["btkgd,bskd->bkgts", "bkgts,bskd->btkgd", "ij,jk->ik"])
+def test_bfloat16_einsum_matches_rounded_inputs_and_its_gradients(subscripts):
+    rng = np.random.default_rng(3)
+    sizes = dict(b=2, t=5, s=7, k=2, g=3, d=4, i=3, j=6)
+    (sa, sb), _ = subscripts.split("->")[0].split(","), None
+    a = jnp.asarray(rng.normal(size=[sizes[c] for c in sa]), jnp.float32)
+    b = jnp.asarray(rng.normal(size=[sizes[c] for c in sb]), jnp.float32)
+
+    def ours(a, b):
+        return layers.einsum(subscripts, a, b, "bfloat16")
+
+    def ref(a, b):
+        rounded = [x.astype(jnp.bfloat16).astype(jnp.float32) for x in (a, b)]
+        return jnp.einsum(subscripts, *rounded, precision="highest")
+
+    np.testing.assert_allclose(ours(a, b), ref(a, b), rtol=1e-5, atol=1e-5)
+    cot = jnp.asarray(rng.normal(size=ours(a, b).shape), jnp.float32)
+    da, db = jax.vjp(ours, a, b)[1](cot)
+    rda, rdb = jax.vjp(ref, a, b)[1](cot.astype(jnp.bfloat16).astype(jnp.float32))
+    np.testing.assert_allclose(da, rda, rtol=2e-2, atol=2e-2)
+    np.testing.assert_allclose(db, rdb, rtol=2e-2, atol=2e-2)
+    # float32 is the plain einsum, unchanged.
+    np.testing.assert_array_equal(
+        layers.einsum(subscripts, a, b, "float32"),
+        jnp.einsum(subscripts, a, b, preferred_element_type=jnp.float32),
+    )
+    with pytest.raises(ValueError, match="summed within one operand"):
+        layers.einsum("ij,jk->k", a[:3, :6] if a.ndim == 2 else a, b, "bfloat16")
+
+
+def test_bfloat16_attention_backward_runs_its_products_in_bfloat16():
+    q = jnp.ones((2, 5, 6, 4), jnp.float32)
+    kv = jnp.ones((2, 5, 2, 4), jnp.float32)
+    mask = jnp.tril(jnp.ones((5, 5), bool))[None].repeat(2, 0)
+
+    def loss(q, k, v):
+        return (layers.dot_product_attention(q, k, v, mask, jnp.float32, "bfloat16") ** 2).sum()
+
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, kv, kv).as_text()
+    dots = [line for line in hlo.splitlines() if "dot_general" in line and "=" in line]
+    assert len(dots) == 6 and all("bf16" in line.split("dot_general")[1] for line in dots), dots
