@@ -89,6 +89,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default="none",
         help="activation checkpointing of the blocks: none | full | selective",
     )
+    p.add_argument(
+        "--batch_chains", type=int, default=0, help="model.batch_chains (0: auto, 1: off)"
+    )
     p.add_argument("--answer_tokens", type=int, default=0, help="0: loss on every text token")
     p.add_argument("--prompt_len", type=int, default=40, help="generate: text tokens a prompt")
     p.add_argument("--new_tokens", type=int, default=64, help="generate: tokens per row")
@@ -203,6 +206,7 @@ def synthetic_config(args: argparse.Namespace, hidden_size: int) -> ml_collectio
     c.trainer.precision = DTYPES[args.dtype]
     c.model.frozen_weights_dtype = args.frozen_dtype
     c.model.activations_checkpoint_granularity = REMAT[args.remat]
+    c.model.batch_chains = args.batch_chains
     c.trainer.max_steps = args.steps + 1
     config_lib.validate(c)
     return c
@@ -213,7 +217,7 @@ def synthetic_setup(args: argparse.Namespace, loaded: Any) -> train.Setup:
     c = synthetic_config(args, loaded.config.hidden_size)
     encoder_config = train_setup.encoder_config_from(c.model, loaded.config.hidden_size)
     mesh = sharding.make_mesh(1, 1, sharding.select_devices(1))
-    model_config = train_setup.gpt_config_from(c, loaded.config)
+    model_config = train_setup.gpt_config_from(c, loaded.config, mesh)
     return train.Setup(
         config=c,
         loaded=loaded,
@@ -316,6 +320,7 @@ def bench_fixed(args: argparse.Namespace) -> dict[str, Any]:
     )
     state, frozen, tx, _ = train.init_state(s, args.steps + 1)
     result = _header(args, args.mode, args.model)
+    result["batch_chains"] = s.model.config.batch_chains
     # Before the donating step runs.
     summary = param_summary(state["trainable"], frozen, s.model.config.param_dtype)
     with sharding.activate(s.mesh, s.rules):

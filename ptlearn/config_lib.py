@@ -122,6 +122,10 @@ def base_config() -> ml_collections.ConfigDict:
         # ptlearn: storage dtype of the frozen LM weights (bfloat16 halves their memory);
         # prompt parameters and optimizer state always stay float32.
         frozen_weights_dtype="float32",
+        # ptlearn: each block runs its micro-batch as N independent row groups, so XLA:CPU
+        # overlaps one group's elementwise work with another's matmuls; 0 = auto (2 on CPU
+        # when the batch axis is not sharded and the micro-batch is even, else 1).
+        batch_chains=0,
         # ptlearn: ordered (regex, "trainable"|"frozen") rules on "/"-joined parameter paths.
         freeze_rules=(("lm/.*", "frozen"), ("prompt/.*", "trainable")),
         prompt_tuning=dict(new_prompt_init_methods=("text",), new_prompt_init_text=("",)),
@@ -232,6 +236,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"model.micro_batch_size={m.micro_batch_size}"
         )
     dtypes_of_precision(config.trainer.precision)
+    if m.batch_chains < 0 or (m.batch_chains and m.micro_batch_size % m.batch_chains):
+        raise ConfigError(
+            f"model.batch_chains={m.batch_chains}: use 0 (auto) or a divisor of "
+            f"model.micro_batch_size={m.micro_batch_size}"
+        )
     if config.trainer.max_steps <= 0 and config.trainer.max_epochs <= 0:
         raise ConfigError("set trainer.max_steps or trainer.max_epochs to a positive number")
     if config.trainer.val_check_interval < 1 or config.trainer.log_every_n_steps < 1:

@@ -52,6 +52,10 @@ class GPTConfig:
     dtype: str = "float32"  # activations (residual stream, norms, attention)
     matmul_dtype: str = ""  # inputs of the weight matmuls, float32 accumulation; "": `dtype`
     remat_policy: str = "none"  # see REMAT_POLICIES
+    # Each block runs its batch as this many independent row groups (no cache only): XLA:CPU's
+    # executor then overlaps one group's single-threaded elementwise work with another's
+    # matmuls. 1 on accelerators and whenever the batch axis is sharded.
+    batch_chains: int = 1
     # False: one Block per layer, params "blocks_0".."blocks_{L-1}" (see `unstack_layers`).
     # A scan slices (copies) every weight out of the stack on each call, which dominates a
     # decode step; separate per-layer buffers are read in place.
@@ -70,6 +74,8 @@ class GPTConfig:
         for key, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"GPTConfig.{key}={value!r}: must be one of {allowed}")
+        if self.batch_chains < 1:
+            raise ValueError(f"GPTConfig.batch_chains={self.batch_chains}: must be >= 1")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"GPTConfig: num_heads={self.num_heads} is not a multiple of "
@@ -145,8 +151,8 @@ class Block(nn.Module):
         """x: [B, T, E] -> ([B, T, E], this layer's updated cache {"k", "v"}: [B, S, K, D])."""
         c = self.config
         rope_base = c.rope_base if c.position_embedding == "rope" else None
-        h = layers.make_norm(c.norm, c.norm_eps, c.dtype, c.param_dtype, "attn_norm")(x)
-        h, cache = layers.Attention(
+        attn_norm = layers.make_norm(c.norm, c.norm_eps, c.dtype, c.param_dtype, "attn_norm")
+        attn = layers.Attention(
             c.num_heads,
             c.num_kv_heads,
             c.head_dim,
@@ -156,10 +162,9 @@ class Block(nn.Module):
             param_dtype=c.param_dtype,
             matmul_dtype=c.matmul_dtype or None,
             name="attn",
-        )(h, positions, mask, cache, cache_index)
-        x = x + h
-        h = layers.make_norm(c.norm, c.norm_eps, c.dtype, c.param_dtype, "mlp_norm")(x)
-        h = layers.MLP(
+        )
+        mlp_norm = layers.make_norm(c.norm, c.norm_eps, c.dtype, c.param_dtype, "mlp_norm")
+        mlp = layers.MLP(
             c.ffn_hidden_size,
             c.activation,
             c.use_bias,
@@ -167,8 +172,20 @@ class Block(nn.Module):
             param_dtype=c.param_dtype,
             matmul_dtype=c.matmul_dtype or None,
             name="mlp",
-        )(h)
-        x = x + h
+        )
+
+        def run(x, positions, mask, cache):
+            h, cache = attn(attn_norm(x), positions, mask, cache, cache_index)
+            x = x + h
+            return x + mlp(mlp_norm(x)), cache
+
+        chains = c.batch_chains
+        if chains > 1 and cache is None and x.shape[0] % chains == 0:
+            rows = x.shape[0] // chains
+            parts = [slice(i * rows, (i + 1) * rows) for i in range(chains)]
+            x = jnp.concatenate([run(x[p], positions[p], mask[p], None)[0] for p in parts], 0)
+        else:
+            x, cache = run(x, positions, mask, cache)
         # Pin the residual stream's layout at block boundaries (a no-op without a mesh).
         x = nn.with_logical_constraint(
             x, ("activation_batch", "activation_length", "activation_embed")

@@ -94,8 +94,9 @@ def _label_sets(records: list[tuple[str, int, dict]], task_templates) -> dict[st
     return {t: sorted(v) for t, v in values.items() if len(v) <= MAX_LABELS}
 
 
-def gpt_config_from(config: ml_collections.ConfigDict, base: Any) -> Any:
-    """The base model's GPTConfig with the run's compute dtype, frozen-weight dtype and remat."""
+def gpt_config_from(config: ml_collections.ConfigDict, base: Any, mesh: Any = None) -> Any:
+    """The base model's GPTConfig with the run's compute dtype, frozen-weight dtype, remat and
+    batch chains (resolved for `mesh`: see `batch_chains`)."""
     m = config.model
     granularity = m.activations_checkpoint_granularity or ""
     if granularity not in ("", "full", "selective"):
@@ -110,7 +111,21 @@ def gpt_config_from(config: ml_collections.ConfigDict, base: Any) -> Any:
         matmul_dtype=matmul_dtype,
         param_dtype=frozen_weights_dtype(m),
         remat_policy=remat,
+        batch_chains=batch_chains(m, mesh),
     )
+
+
+def batch_chains(m: ml_collections.ConfigDict, mesh: Any) -> int:
+    """`model.batch_chains`, with 0 resolved: 2 on CPU devices when the batch axis is not
+    split over devices and the micro-batch is even (measured: 1.72 -> 1.61 s per bf16
+    prompt-tuning step on 2 cores), else 1 (an accelerator wants the larger matmuls)."""
+    if m.batch_chains:
+        return int(m.batch_chains)
+    if mesh is None:
+        return 1
+    on_cpu = all(d.platform == "cpu" for d in mesh.devices.flat)
+    batch_split = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1) > 1
+    return 2 if on_cpu and not batch_split and m.micro_batch_size % 2 == 0 else 1
 
 
 def frozen_weights_dtype(m: ml_collections.ConfigDict) -> str:
@@ -214,7 +229,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     return Setup(
         config=config,
         loaded=loaded,
-        model=GPT(gpt_config_from(config, loaded.config)),
+        model=GPT(gpt_config_from(config, loaded.config, mesh)),
         task_names=existing + new_tasks,
         new_tasks=new_tasks,
         templates=served,

@@ -31,6 +31,7 @@ def test_as_tuple_reads_single_values_and_tuple_strings():
         ("model.virtual_prompt_style", "lora", "virtual_prompt_style"),
         ("trainer.precision", "fp8", "trainer.precision"),
         ("model.existing_tasks", ("sentiment",), "both name|needs model.restore_path"),
+        ("model.batch_chains", 3, "batch_chains=3: use 0 .auto. or a divisor"),
     ],
 )
 def test_validate_names_the_key(key, value, message):
@@ -72,3 +73,22 @@ def test_list_keys_take_one_file_or_a_tuple(override, missing, tmp_path):
     assert proc.returncode == 2
     # The data is read before the model: the error names the first training file.
     assert f"{missing}: no such file" in proc.stderr
+
+
+def test_batch_chains_auto_is_two_on_cpu_unless_the_batch_is_split():
+    import jax
+
+    from ptlearn import sharding, train_setup
+
+    m = config_lib.single_task_config(
+        "sentiment", "p-tuning", model="default", data_dir="d", steps=10
+    ).model
+    m.micro_batch_size = 8
+    one = sharding.make_mesh(1, 1, jax.devices()[:1])
+    assert train_setup.batch_chains(m, one) == 2
+    assert train_setup.batch_chains(m, sharding.make_mesh(1, 1, jax.devices()[:2])) == 1
+    assert train_setup.batch_chains(m, sharding.make_mesh(2, 1, jax.devices()[:2])) == 2
+    m.micro_batch_size = 3
+    assert train_setup.batch_chains(m, one) == 1
+    m.batch_chains = 3
+    assert train_setup.batch_chains(m, one) == 3

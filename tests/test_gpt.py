@@ -172,3 +172,32 @@ def test_unrolled_layers_compute_what_the_scan_computes(param_dtype):
     np.testing.assert_allclose(
         caches[1][1]["k"], caches[0]["k"][1], atol=1e-5 if param_dtype == "float32" else 0.05
     )
+
+
+def test_batch_chains_compute_what_one_chain_computes():
+    config, model, params = _model("test")
+    chained = gpt.GPT(config.replace(batch_chains=2))
+    ids = jax.random.randint(jax.random.key(2), (4, 10), 0, config.vocab_size)
+    mask = jnp.arange(10)[None, :] >= jnp.asarray([0, 3, 0, 5])[:, None]  # left padding
+
+    def loss(p, m):
+        logits, _ = m.apply(p, ids, attention_mask=mask)
+        return jnp.sum(jax.nn.log_softmax(logits)[..., 7])
+
+    (value, grads), (value2, grads2) = (
+        jax.value_and_grad(loss)(params, m) for m in (model, chained)
+    )
+    np.testing.assert_allclose(value2, value, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), grads2, grads)
+    # With a cache (decoding) the block runs the batch whole; odd batches too.
+    cache = gpt.init_cache(config, 4, 12)
+    out, _ = chained.apply(params, ids, cache=cache, cache_index=0)
+    np.testing.assert_allclose(
+        out, model.apply(params, ids, cache=cache, cache_index=0)[0], atol=1e-5
+    )
+    odd = ids[:3]
+    np.testing.assert_allclose(
+        chained.apply(params, odd)[0], model.apply(params, odd)[0], atol=1e-5
+    )
+    with pytest.raises(ValueError, match="batch_chains"):
+        config.replace(batch_chains=0)
