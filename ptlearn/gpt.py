@@ -104,8 +104,16 @@ class GPTConfig:
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "dots_all": jax.checkpoint_policies.dots_saveable,
+    "dots": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names(layers.WEIGHT_MATMUL),
+    ),
+    "dots_all": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_saveable,
+        jax.checkpoint_policies.save_only_these_names(
+            layers.WEIGHT_MATMUL, layers.ACTIVATION_MATMUL
+        ),
+    ),
 }
 
 _LLAMA = dict(position_embedding="rope", norm="rmsnorm", activation="swiglu", use_bias=False)

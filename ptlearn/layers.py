@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 Dtype = jnp.dtype | str
 
@@ -26,6 +27,12 @@ def weight(value: jax.Array, dtype: Dtype) -> jax.Array:
     if value.dtype == jnp.uint16:
         return jax.lax.bitcast_convert_type(value, dtype)
     return value
+
+
+# Checkpoint names of the low-precision products' outputs (custom VJPs hide their dots from
+# the dot-based remat policies, gpt.REMAT_POLICIES).
+WEIGHT_MATMUL = "weight_matmul"
+ACTIVATION_MATMUL = "activation_matmul"
 
 
 class _MatmulSpec(NamedTuple):
@@ -113,7 +120,8 @@ def matmul(
             jnp.dtype(kernel_dtype).name,
             jnp.dtype(x.dtype).name,
         )
-        return _matmul(spec, x, kernel).astype(out_dtype)
+        y = checkpoint_name(_matmul(spec, x, kernel), WEIGHT_MATMUL)
+        return y.astype(out_dtype)
     if transpose_kernel:
         contract = ((x.ndim - 1,), (1,))
     else:
@@ -174,7 +182,7 @@ def einsum(subscripts: str, a: jax.Array, b: jax.Array, matmul_dtype: Dtype) -> 
     spec = _EinsumSpec(
         f"{sa},{sb}->{out}", matmul_dtype.name, jnp.dtype(a.dtype).name, jnp.dtype(b.dtype).name
     )
-    return _einsum(spec, a, b)
+    return checkpoint_name(_einsum(spec, a, b), ACTIVATION_MATMUL)
 
 
 class DenseGeneral(nn.Module):
