@@ -113,11 +113,13 @@ def test_generate(tiny, capsys):
     result = run(capsys, argv)
     median = result["median_s_per_step"]
     assert result["new_tokens"] == 16 and result["seq"] == result["prompt_len"] == 40
-    # 10 virtual + 40 text tokens, left-padded to the next multiple of 16.
-    assert result["padded_prompt_length"] == 64
+    # The 10 virtual tokens come from the task's prefix KV cache; the 40 text tokens are
+    # left-padded to the next multiple of 16.
+    assert result["cached_prefix_length"] == 10
+    assert result["padded_prompt_length"] == 10 + 48
     assert result["gen_tokens_per_s"] == rate(2 * 16, median)
     assert result["real_tokens_per_s"] == rate(2 * (50 + 16), median)
-    assert result["tokens_per_s"] == rate(2 * (64 + 16), median)
+    assert result["tokens_per_s"] == rate(2 * (58 + 16), median)
 
 
 CONFIG = """
