@@ -18,6 +18,18 @@ def _reference(x, kernel, in_dims, dtype):
     )
 
 
+def _matches_rounded_reference(ours, ref, a, b, rng):
+    """ours(a, b) equals ref on bf16-rounded inputs, and so do its two input gradients."""
+    np.testing.assert_allclose(ours(a, b), ref(a, b), rtol=1e-5, atol=1e-5)
+    cot = jnp.asarray(rng.normal(size=ours(a, b).shape), jnp.float32)
+    da, db = jax.vjp(ours, a, b)[1](cot)
+    # The backward multiplies in bfloat16 too: compare with the cotangent rounded the same way.
+    rda, rdb = jax.vjp(ref, a, b)[1](cot.astype(jnp.bfloat16).astype(jnp.float32))
+    np.testing.assert_allclose(da, rda, rtol=2e-2, atol=2e-2)
+    np.testing.assert_allclose(db, rdb, rtol=2e-2, atol=2e-2)
+    assert da.dtype == a.dtype and db.dtype == b.dtype
+
+
 @pytest.mark.parametrize("in_dims", [1, 2])
 def test_bfloat16_matmul_matches_rounded_inputs_and_its_gradients(in_dims):
     rng = np.random.default_rng(0)
@@ -30,14 +42,7 @@ def test_bfloat16_matmul_matches_rounded_inputs_and_its_gradients(in_dims):
     def ref(x, k):
         return _reference(x, k, in_dims, jnp.bfloat16)
 
-    np.testing.assert_allclose(ours(x, kernel), ref(x, kernel), rtol=1e-5, atol=1e-5)
-    cot = jnp.asarray(rng.normal(size=ours(x, kernel).shape), jnp.float32)
-    dx, dk = jax.vjp(ours, x, kernel)[1](cot)
-    # The backward multiplies in bfloat16 too: compare with the cotangent rounded the same way.
-    rdx, rdk = jax.vjp(ref, x, kernel)[1](cot.astype(jnp.bfloat16).astype(jnp.float32))
-    np.testing.assert_allclose(dx, rdx, rtol=2e-2, atol=2e-2)
-    np.testing.assert_allclose(dk, rdk, rtol=2e-2, atol=2e-2)
-    assert dx.dtype == x.dtype and dk.dtype == kernel.dtype
+    _matches_rounded_reference(ours, ref, x, kernel, rng)
 
 
 def test_transposed_kernel_is_the_tied_head():
@@ -106,12 +111,7 @@ def test_bfloat16_einsum_matches_rounded_inputs_and_its_gradients(subscripts):
         rounded = [x.astype(jnp.bfloat16).astype(jnp.float32) for x in (a, b)]
         return jnp.einsum(subscripts, *rounded, precision="highest")
 
-    np.testing.assert_allclose(ours(a, b), ref(a, b), rtol=1e-5, atol=1e-5)
-    cot = jnp.asarray(rng.normal(size=ours(a, b).shape), jnp.float32)
-    da, db = jax.vjp(ours, a, b)[1](cot)
-    rda, rdb = jax.vjp(ref, a, b)[1](cot.astype(jnp.bfloat16).astype(jnp.float32))
-    np.testing.assert_allclose(da, rda, rtol=2e-2, atol=2e-2)
-    np.testing.assert_allclose(db, rdb, rtol=2e-2, atol=2e-2)
+    _matches_rounded_reference(ours, ref, a, b, rng)
     # float32 is the plain einsum, unchanged.
     np.testing.assert_array_equal(
         layers.einsum(subscripts, a, b, "float32"),
