@@ -31,6 +31,10 @@ from ptlearn.gpt import GPT, GPTConfig, cache_length, unstack_layers
 
 logger = logging.getLogger(__name__)
 
+# Prefix KV caches a PromptedLM keeps (one per task and distinct prefix; ~0.5 MB each for the
+# default model's 10 virtual tokens).
+MAX_PREFIX_CACHES = 256
+
 
 @dataclasses.dataclass
 class PromptedLM:
@@ -153,6 +157,8 @@ def _prefix_cache_of(lm: PromptedLM, example: templates.EncodedExample, length: 
     ids, virtual_index = example.ids[:length], example.virtual_index[:length]
     key = (example.taskname, ids.tobytes(), virtual_index.tobytes())
     if key not in lm.prefix_caches:
+        if len(lm.prefix_caches) >= MAX_PREFIX_CACHES:  # a long-lived server: drop the oldest
+            lm.prefix_caches.pop(next(iter(lm.prefix_caches)))
         task_id = np.asarray([lm.task_index[example.taskname]], np.int32)
         embeddings = _prompted_inputs(
             lm.config, lm.lm_params, lm.tables, ids[None], task_id, virtual_index[None]

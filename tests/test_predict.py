@@ -83,6 +83,11 @@ def test_answers_with_prefix_caches_equal_the_whole_prompt(monkeypatch, scan_lay
     assert len(lm.prefix_caches) == 2  # one per task, reused by all three batches
     predict.generate_answers(lm, examples, inference)
     assert len(lm.prefix_caches) == 2
+    # A bounded store drops its oldest prefix and recomputes it when needed.
+    monkeypatch.setattr(predict, "MAX_PREFIX_CACHES", 1)
+    small = dataclasses.replace(lm, prefix_caches={})
+    assert predict.generate_answers(small, examples, inference) == cached
+    assert len(small.prefix_caches) == 1
     monkeypatch.setattr(predict, "shared_prefix_length", lambda examples: 0)
     whole = predict.generate_answers(dataclasses.replace(lm, prefix_caches={}), examples, inference)
     assert cached == whole
