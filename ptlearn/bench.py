@@ -409,10 +409,8 @@ def bench_generate(args: argparse.Namespace) -> dict[str, Any]:
     # Without an EOS id the decoder never stops early: every row makes --new_tokens tokens.
     tokenizer = copy.copy(loaded.tokenizer)
     tokenizer.eos_id = None
-    config, lm_params = unstack_layers(
-        s.model.config,
-        jax.tree_util.tree_map(lambda x: np.asarray(x, s.model.config.param_dtype), loaded.params),
-    )
+    # load_model already gave --frozen_dtype, the model's param_dtype.
+    config, lm_params = unstack_layers(s.model.config, loaded.params)
     lm = predict.PromptedLM(
         config=config,
         lm_params=jax.device_put(lm_params),

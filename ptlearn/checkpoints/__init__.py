@@ -11,9 +11,7 @@ import importlib.util
 import pathlib
 from typing import Any
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ptlearn.checkpoints.loading import LoadedModel
 from ptlearn.errors import CheckpointError
@@ -56,8 +54,9 @@ def resolve_model(spec: str) -> pathlib.Path:
 def load_model(spec: str, *, with_tokenizer: bool = True, dtype: Any = "float32") -> LoadedModel:
     """Loads `default` or the checkpoint at a path, choosing the importer by what is there.
 
-    The weights come as `dtype` numpy arrays (e.g. "bfloat16" for frozen bf16 weights); GGUF
-    files are converted layer by layer, so no float32 copy of the whole model is ever held.
+    The weights come as `dtype` numpy arrays (e.g. "bfloat16" for frozen bf16 weights), cast
+    by each importer as it checks them; GGUF files are converted layer by layer, so no float32
+    copy of the whole model is ever held.
     """
     path = resolve_model(spec)
     dtype = jnp.dtype(dtype)
@@ -68,20 +67,15 @@ def load_model(spec: str, *, with_tokenizer: bool = True, dtype: Any = "float32"
     if path.suffix == ".nemo" or (path.is_dir() and (path / "model_config.yaml").is_file()):
         from ptlearn.checkpoints import nemo
 
-        return _cast(nemo.load(path), dtype)
+        return nemo.load(path, dtype)
     if path.is_dir() and (path / "config.json").is_file():
         from ptlearn.checkpoints import hf
 
-        return _cast(hf.load(path), dtype)
+        return hf.load(path, dtype)
     raise CheckpointError(
         f"{path}: not a recognised checkpoint (expected a .gguf file, a Hugging Face folder "
         "with config.json, or a .nemo archive / folder with model_config.yaml)"
     )
-
-
-def _cast(loaded: LoadedModel, dtype: Any) -> LoadedModel:
-    loaded.params = jax.tree.map(lambda a: np.asarray(a, dtype), loaded.params)
-    return loaded
 
 
 def file_checksum(path: str | pathlib.Path, chunk: int = 1 << 22) -> str:

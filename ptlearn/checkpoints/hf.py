@@ -315,8 +315,8 @@ def _has_tokenizer(root: pathlib.Path) -> bool:
     return any(all((root / f).is_file() for f in files) for files in _TOKENIZER_FILES)
 
 
-def load(folder: PathLike) -> LoadedModel:
-    """A Hugging Face folder -> LoadedModel (float32 numpy params, tokenizer or None).
+def load(folder: PathLike, dtype: Any = np.float32) -> LoadedModel:
+    """A Hugging Face folder -> LoadedModel (`dtype` numpy params, tokenizer or None).
 
     Supported `model_type`s: gpt2, llama, mistral, qwen2. The tokenizer is read when the folder
     has tokenizer.json, vocab.json + merges.txt or tokenizer.model; otherwise it is None.
@@ -346,7 +346,7 @@ def load(folder: PathLike) -> LoadedModel:
         t = _Tensors(tensors, weights_file, _llama_ignorable)
         params = _llama_params(t, config)
     t.check_all_used()
-    params = check_params(config, params, weights_file)
+    params = check_params(config, params, weights_file, dtype)
     tokenizer = None
     if _has_tokenizer(root):
         from ptlearn import tokenizers  # lazily: importers need no tokenizer machinery otherwise

@@ -362,7 +362,7 @@ def load_tokenizer(folder: pathlib.Path, cfg: Mapping[str, Any]) -> Any:
     return tok
 
 
-def _load_folder(folder: pathlib.Path, source: str) -> LoadedModel:
+def _load_folder(folder: pathlib.Path, source: str, dtype: Any) -> LoadedModel:
     cfg = _read_yaml(folder / CONFIG_FILE, source)
     ranks = []
     for path in _weight_files(folder, cfg, source):
@@ -375,20 +375,21 @@ def _load_folder(folder: pathlib.Path, source: str) -> LoadedModel:
         raise CheckpointError(f"{source}: no word embeddings in {WEIGHTS_FILE}")
     config = nemo_config(cfg, int(tensors["embed"].shape[0]), f"{source}: {CONFIG_FILE}")
     norm1p = cfg.get("normalization") == "layernorm1p"
-    params = check_params(config, to_params(tensors, config, norm1p, source), source)
+    params = check_params(config, to_params(tensors, config, norm1p, source), source, dtype)
     return LoadedModel(config, params, load_tokenizer(folder, cfg), source)
 
 
-def load(path: PathLike) -> LoadedModel:
-    """A `.nemo` file (tar, plain or gzip) or its extracted folder -> LoadedModel.
+def load(path: PathLike, dtype: Any = np.float32) -> LoadedModel:
+    """A `.nemo` file (tar, plain or gzip) or its extracted folder -> LoadedModel (`dtype`
+    numpy params).
 
     Tensor-parallel checkpoints (mp_rank_NN/) are merged; pipeline-parallel ones are refused.
     The tokenizer is read when the archive carries the files its yaml names, else it is None.
     """
     path = pathlib.Path(path)
     if path.is_dir():
-        return _load_folder(path, str(path))
+        return _load_folder(path, str(path), dtype)
     if not path.is_file():
         raise CheckpointError(f"{path}: not found; give a .nemo file or its extracted folder")
     with tempfile.TemporaryDirectory(prefix="ptlearn-nemo-") as tmp:
-        return _load_folder(extract_tar_safely(path, tmp), str(path))
+        return _load_folder(extract_tar_safely(path, tmp), str(path), dtype)
