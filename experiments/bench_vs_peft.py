@@ -33,6 +33,7 @@ SHARED = REPO.parent / "shared"
 PEER_SCRIPT = SHARED / "peer" / "bench_peft.py"
 # bench_peft.py reads its generate prompts from this fixed path.
 PEER_EVAL_TEXT = pathlib.Path("/tmp/peer/eval_text.txt")
+PEER_MODEL = pathlib.Path("/tmp/peer/smollm2-hf")  # the dense float32 HF folder (--convert)
 FPB_TEXT = SHARED / "data" / "financial_phrasebank" / "Sentences_AllAgree.txt"
 DEFAULT_GGUF = (
     pathlib.Path(sys.prefix)
@@ -85,7 +86,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--remat=full' (PEFT stays float32, as in the issue's figures)",
     )
     p.add_argument("--peer_python", default="/tmp/peer-venv/bin/python")
-    p.add_argument("--peer_model", default="/tmp/peer/smollm2-hf", help="converted HF folder")
+    p.add_argument("--peer_model", default=str(PEER_MODEL), help="converted HF folder")
     p.add_argument("--convert", action="store_true", help="build --peer_model when missing")
     p.add_argument("--gguf", default=str(DEFAULT_GGUF), help="source GGUF for --convert")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per subprocess")

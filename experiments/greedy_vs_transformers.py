@@ -29,12 +29,11 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from bench_vs_peft import PEER_SCRIPT, convert_model, ensure_eval_text  # noqa: E402
+from bench_vs_peft import PEER_MODEL, PEER_SCRIPT, convert_model, ensure_eval_text  # noqa: E402
 
 from ptlearn import generate, gpt  # noqa: E402
 from ptlearn.checkpoints import default_model_path, load_model  # noqa: E402
 
-PEER_MODEL = pathlib.Path("/tmp/peer/smollm2-hf")  # bench_vs_peft.py's --peer_model default
 INIT_TEXT = "Answer the following question truthfully and concisely:"  # bench_peft.py's default
 
 
