@@ -59,7 +59,7 @@ def ptlearn_tokens(
     Returns (tokens [B, N], lengths [B] with the EOS included, the EOS id)."""
     loaded = load_model("default", dtype=dtype)
     config = loaded.config.replace(dtype="float32", param_dtype=dtype, matmul_dtype=dtype)
-    config, params = gpt.unstack_layers(config, loaded.params)
+    config, params = gpt.serving_layout(config, loaded.params)
     params = jax.device_put(params)
     init_ids = loaded.tokenizer.encode(INIT_TEXT)
     virtual = np.resize(np.asarray(init_ids), 10)  # PEFT's TEXT init: repeat, then cut

@@ -53,7 +53,7 @@ from ptlearn import (
 from ptlearn.checkpoints import load_model
 from ptlearn.data import batching
 from ptlearn.errors import ConfigError, PtlearnError
-from ptlearn.gpt import GPT, unstack_layers
+from ptlearn.gpt import GPT, serving_layout
 
 MODES = ("forward", "prompt", "ptune-mlp", "ptune-lstm", "generate")
 DTYPES = {"float32": "32", "bfloat16": "bf16"}  # --dtype -> trainer.precision
@@ -410,7 +410,7 @@ def bench_generate(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer = copy.copy(loaded.tokenizer)
     tokenizer.eos_id = None
     # load_model already gave --frozen_dtype, the model's param_dtype.
-    config, lm_params = unstack_layers(s.model.config, loaded.params)
+    config, lm_params = serving_layout(s.model.config, loaded.params)
     lm = predict.PromptedLM(
         config=config,
         lm_params=jax.device_put(lm_params),

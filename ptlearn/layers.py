@@ -48,7 +48,8 @@ class _MatmulSpec(NamedTuple):
 def _as_matrices(spec: _MatmulSpec, x: jax.Array, kernel: jax.Array):
     """x -> [M, K]; kernel (floats) -> [K, N] or, transposed, [N, K]; and the output's shape."""
     if spec.transpose_kernel:
-        out_shape, k = kernel.shape[:1], math.prod(kernel.shape[1:])
+        split = kernel.ndim - spec.in_dims
+        out_shape, k = kernel.shape[:split], math.prod(kernel.shape[split:])
         b = kernel.reshape(-1, k)
     else:
         out_shape, k = kernel.shape[spec.in_dims :], math.prod(kernel.shape[: spec.in_dims])
@@ -103,10 +104,10 @@ def matmul(
     kernel_dtype: Dtype = jnp.float32,
 ) -> jax.Array:
     """Contracts the last `in_dims` axes of x with the first `in_dims` of kernel (or, with
-    `transpose_kernel`, x's last axis with the last axis of a [out, in] kernel).
+    `transpose_kernel`, with the last `in_dims` of a [*out_shape, *in_shape] kernel).
 
-    x: [..., *in_shape]; kernel: [*in_shape, *out_shape] (floats, or uint16 bits of
-    `kernel_dtype`) -> [..., *out_shape] in `out_dtype`. Inputs are cast to `matmul_dtype`,
+    x: [..., *in_shape]; kernel: [*in_shape, *out_shape] or transposed (floats, or uint16 bits
+    of `kernel_dtype`) -> [..., *out_shape] in `out_dtype`. Inputs are cast to `matmul_dtype`,
     accumulation is float32, and below float32 the backward pass multiplies in `matmul_dtype`
     too (cotangents cast down): a float32 cotangent would make XLA:CPU upcast the weights
     and leave its AMX / AVX512-BF16 kernels.
@@ -123,7 +124,8 @@ def matmul(
         y = checkpoint_name(_matmul(spec, x, kernel), WEIGHT_MATMUL)
         return y.astype(out_dtype)
     if transpose_kernel:
-        contract = ((x.ndim - 1,), (1,))
+        split = kernel.ndim - in_dims
+        contract = (tuple(range(x.ndim - in_dims, x.ndim)), tuple(range(split, kernel.ndim)))
     else:
         contract = (tuple(range(x.ndim - in_dims, x.ndim)), tuple(range(in_dims)))
     y = jax.lax.dot_general(x.astype(jnp.float32), kernel.astype(jnp.float32), (contract, ((), ())))
@@ -188,7 +190,9 @@ def einsum(subscripts: str, a: jax.Array, b: jax.Array, matmul_dtype: Dtype) -> 
 class DenseGeneral(nn.Module):
     """A linear map contracting the last `in_dims` axes of `x` into `out_shape`.
 
-    x: [..., *in_shape] -> [..., *out_shape]; kernel: [*in_shape, *out_shape] with `kernel_axes`.
+    x: [..., *in_shape] -> [..., *out_shape]; kernel: [*in_shape, *out_shape] with `kernel_axes`
+    (names in that order), or with `out_first` [*out_shape, *in_shape] (the serving layout:
+    XLA:CPU's few-row decode dots read a kernel whose contracted axes are minor faster).
     """
 
     out_shape: Sequence[int]
@@ -199,15 +203,19 @@ class DenseGeneral(nn.Module):
     param_dtype: Dtype = jnp.float32
     matmul_dtype: Dtype | None = None  # None: `dtype`
     kernel_init: nn.initializers.Initializer = default_kernel_init
+    out_first: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         in_shape = x.shape[x.ndim - self.in_dims :]
         out_shape = tuple(self.out_shape)
+        shape, axes = in_shape + out_shape, tuple(self.kernel_axes)
+        if self.out_first:
+            shape, axes = out_shape + in_shape, axes[self.in_dims :] + axes[: self.in_dims]
         kernel = self.param(
             "kernel",
-            nn.with_logical_partitioning(self.kernel_init, tuple(self.kernel_axes)),
-            in_shape + out_shape,
+            nn.with_logical_partitioning(self.kernel_init, axes),
+            shape,
             self.param_dtype,
         )
         y = matmul(
@@ -216,6 +224,7 @@ class DenseGeneral(nn.Module):
             self.in_dims,
             self.matmul_dtype or self.dtype,
             self.dtype,
+            transpose_kernel=self.out_first,
             kernel_dtype=self.param_dtype,
         )
         if self.use_bias:
@@ -365,6 +374,7 @@ class Attention(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     matmul_dtype: Dtype | None = None  # of the projections; None: `dtype`
+    kernels_out_first: bool = False  # DenseGeneral.out_first
 
     @nn.compact
     def __call__(
@@ -391,6 +401,7 @@ class Attention(nn.Module):
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 matmul_dtype=self.matmul_dtype,
+                out_first=self.kernels_out_first,
                 name=name,
             )
 
@@ -415,6 +426,7 @@ class Attention(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             matmul_dtype=self.matmul_dtype,
+            out_first=self.kernels_out_first,
             name="out",
         )(out)
         return out, new_cache
@@ -429,6 +441,7 @@ class MLP(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     matmul_dtype: Dtype | None = None  # of the projections; None: `dtype`
+    kernels_out_first: bool = False  # DenseGeneral.out_first
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -443,6 +456,7 @@ class MLP(nn.Module):
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 matmul_dtype=self.matmul_dtype,
+                out_first=self.kernels_out_first,
                 name=name,
             )
 

@@ -142,6 +142,30 @@ def test_packed_bfloat16_blocks_give_the_same_logits_as_unpacked():
     np.testing.assert_allclose(wide.apply({"params": as_f32}, ids)[0], plain, atol=1e-5)
 
 
+@pytest.mark.parametrize("variant", ["test", "test-gpt2"])
+def test_serving_layout_computes_what_the_training_layout_computes(variant):
+    # test-gpt2 with an untied head: every kernel, biases and the head move to [*out, *in].
+    config = gpt.VARIANTS[variant].replace(tie_embeddings=variant == "test")
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (2, 9)))
+    params = jax.device_get(nn.unbox(gpt.init_params(config, jax.random.key(0)))["params"])
+    serving_config, serving = gpt.serving_layout(config, params)
+    assert serving_config.kernels_out_first and not serving_config.scan_layers
+    # The serving model's own init has the same shapes, so a fresh serving tree loads as is.
+    fresh = nn.unbox(gpt.init_params(serving_config, jax.random.key(0)))["params"]
+    assert jax.tree.map(np.shape, fresh) == jax.tree.map(np.shape, serving)
+    out = serving["blocks_1"]["attn"]["out"]["kernel"]
+    assert out.shape == (config.hidden_size, config.num_heads, config.head_dim)
+    np.testing.assert_array_equal(
+        out, params["layers"]["attn"]["out"]["kernel"][1].transpose(2, 0, 1)
+    )
+    np.testing.assert_allclose(
+        gpt.GPT(serving_config).apply({"params": serving}, ids)[0],
+        gpt.GPT(config).apply({"params": params}, ids)[0],
+        atol=1e-5,
+    )
+    assert gpt.serving_layout(serving_config, serving)[1] is serving  # already serving
+
+
 @pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
 def test_unrolled_layers_compute_what_the_scan_computes(param_dtype):
     config = gpt.VARIANTS["test"].replace(param_dtype=param_dtype)

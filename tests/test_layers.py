@@ -59,6 +59,19 @@ def test_transposed_kernel_is_the_tied_head():
     np.testing.assert_allclose(grad, jnp.broadcast_to(expected, x.shape), rtol=1e-2)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("in_dims", [1, 2])
+def test_out_first_kernel_computes_the_in_first_product(in_dims, dtype):
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(2, 5, 4, 6)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(4, 6, 3, 7)[2 - in_dims :]), jnp.float32)
+    out_first = jnp.moveaxis(kernel, range(in_dims), range(-in_dims, 0))  # [*out, *in]
+    out = layers.matmul(x, out_first, in_dims, dtype, jnp.float32, transpose_kernel=True)
+    expected = _reference(x, kernel, in_dims, dtype)
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("matmul_dtype", ["float32", "bfloat16"])
 def test_uint16_bits_of_a_bfloat16_kernel_give_the_same_values_and_input_gradient(matmul_dtype):
     rng = np.random.default_rng(2)
