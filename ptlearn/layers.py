@@ -354,13 +354,18 @@ def dot_product_attention(
     batch, length, num_heads, head_dim = q.shape
     num_kv_heads = k.shape[2]
     matmul_dtype = matmul_dtype or dtype
+    # Heads-major operands ([B, K, G, T, D], [B, K, S, D]) transposed once here: XLA:CPU
+    # otherwise re-lays-out the grouped products around every dot (bf16, 4 x 138 tokens,
+    # forward + backward of one layer: 5.2 -> 4.1 ms).
     q = q.reshape(batch, length, num_kv_heads, num_heads // num_kv_heads, head_dim)
-    scores = einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype), matmul_dtype)
+    q = q.transpose(0, 2, 3, 1, 4)
+    k, v = k.astype(q.dtype).transpose(0, 2, 1, 3), v.astype(dtype).transpose(0, 2, 1, 3)
+    scores = einsum("bkgtd,bksd->bkgts", q, k, matmul_dtype)
     scores = scores / jnp.sqrt(jnp.float32(head_dim))
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    out = einsum("bkgts,bskd->btkgd", weights, v.astype(dtype), matmul_dtype).astype(dtype)
-    return out.reshape(batch, length, num_heads, head_dim)
+    out = einsum("bkgts,bksd->bkgtd", weights, v, matmul_dtype).astype(dtype)
+    return out.transpose(0, 3, 1, 2, 4).reshape(batch, length, num_heads, head_dim)
 
 
 class Attention(nn.Module):
