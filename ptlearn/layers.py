@@ -29,6 +29,15 @@ def weight(value: jax.Array, dtype: Dtype) -> jax.Array:
     return value
 
 
+def _bits(a: jax.Array) -> jax.Array:
+    """A 16-bit float residual as uint16 bits (`weight` reads it back). A scan stacks each
+    layer's residuals with dynamic-update-slice, which XLA:CPU does in place on integers but
+    by copying the whole stack on bfloat16."""
+    if jnp.issubdtype(a.dtype, jnp.floating) and a.dtype.itemsize == 2:
+        return jax.lax.bitcast_convert_type(a, jnp.uint16)
+    return a
+
+
 # Checkpoint names of the low-precision products' outputs (custom VJPs hide their dots from
 # the dot-based remat policies, gpt.REMAT_POLICIES).
 WEIGHT_MATMUL = "weight_matmul"
@@ -73,12 +82,13 @@ def _matmul(spec: _MatmulSpec, x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 def _matmul_fwd(spec, x, kernel):
     # Residuals: the weight exactly as given (a scan then forwards its slice instead of
-    # stacking a copy) and the activation in the matmul dtype.
-    return _matmul(spec, x, kernel), (x.astype(spec.matmul_dtype), kernel)
+    # stacking a copy) and the activation in the matmul dtype, as bits (`_bits`).
+    return _matmul(spec, x, kernel), (_bits(x.astype(spec.matmul_dtype)), kernel)
 
 
 def _matmul_bwd(spec, residuals, g):
-    x_low, kernel = residuals
+    x_bits, kernel = residuals
+    x_low = weight(x_bits, spec.matmul_dtype)
     a, b, _ = _as_matrices(spec, x_low, weight(kernel, spec.kernel_dtype))
     g = g.reshape(a.shape[0], -1).astype(spec.matmul_dtype)
     if spec.transpose_kernel:  # y = a @ b.T, b: [N, K]
@@ -151,11 +161,11 @@ def _einsum(spec: _EinsumSpec, a: jax.Array, b: jax.Array) -> jax.Array:
 
 def _einsum_fwd(spec, a, b):
     low = spec.matmul_dtype
-    return _einsum(spec, a, b), (a.astype(low), b.astype(low))
+    return _einsum(spec, a, b), (_bits(a.astype(low)), _bits(b.astype(low)))
 
 
 def _einsum_bwd(spec, residuals, g):
-    a, b = residuals
+    a, b = (weight(r, spec.matmul_dtype) for r in residuals)
     inputs, out = spec.subscripts.split("->")
     sa, sb = inputs.split(",")
     g = g.astype(spec.matmul_dtype)
