@@ -207,19 +207,9 @@ class Block(nn.Module):
 
 
 def _bits_of(tree: Any) -> Any:
-    """16-bit float leaves -> uint16 with the same bits.
-
-    XLA:CPU slices a bfloat16 stack inside a loop by converting the whole stack to float32
-    first (every step, twice: forward and backward); an integer stack is sliced as is, and
-    `layers.weight` / `layers.matmul` read the bits back as floats inside each block.
-    """
-
-    def bits(a: Any) -> Any:
-        if _is_16bit_float(a.dtype):
-            return jax.lax.bitcast_convert_type(a, jnp.uint16)
-        return a
-
-    return jax.tree.map(bits, tree)
+    """16-bit float leaves -> uint16 with the same bits (`layers.bits`): the scanned stack is
+    then sliced as is, and `layers.weight` / `layers.matmul` read floats inside each block."""
+    return jax.tree.map(layers.bits, tree)
 
 
 def pack_params(params: Any) -> Any:

@@ -29,11 +29,14 @@ def weight(value: jax.Array, dtype: Dtype) -> jax.Array:
     return value
 
 
-def _bits(a: jax.Array) -> jax.Array:
-    """A 16-bit float residual as uint16 bits (`weight` reads it back). A scan stacks each
-    layer's residuals with dynamic-update-slice, which XLA:CPU does in place on integers but
-    by copying the whole stack on bfloat16."""
-    if jnp.issubdtype(a.dtype, jnp.floating) and a.dtype.itemsize == 2:
+def bits(a: jax.Array) -> jax.Array:
+    """16-bit floats as uint16 bits (`weight` reads them back); other arrays as they are.
+
+    XLA:CPU moves bfloat16 buffers through loops badly: a scan slicing a bf16 stack converts
+    all of it to float32, and stacking into one (a scan's residuals) copies the whole stack
+    per step; an integer buffer is sliced and updated in place.
+    """
+    if jnp.issubdtype(a.dtype, jnp.floating) and jnp.dtype(a.dtype).itemsize == 2:
         return jax.lax.bitcast_convert_type(a, jnp.uint16)
     return a
 
@@ -82,8 +85,8 @@ def _matmul(spec: _MatmulSpec, x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 def _matmul_fwd(spec, x, kernel):
     # Residuals: the weight exactly as given (a scan then forwards its slice instead of
-    # stacking a copy) and the activation in the matmul dtype, as bits (`_bits`).
-    return _matmul(spec, x, kernel), (_bits(x.astype(spec.matmul_dtype)), kernel)
+    # stacking a copy) and the activation in the matmul dtype, as `bits`.
+    return _matmul(spec, x, kernel), (bits(x.astype(spec.matmul_dtype)), kernel)
 
 
 def _matmul_bwd(spec, residuals, g):
@@ -161,7 +164,7 @@ def _einsum(spec: _EinsumSpec, a: jax.Array, b: jax.Array) -> jax.Array:
 
 def _einsum_fwd(spec, a, b):
     low = spec.matmul_dtype
-    return _einsum(spec, a, b), (_bits(a.astype(low)), _bits(b.astype(low)))
+    return _einsum(spec, a, b), (bits(a.astype(low)), bits(b.astype(low)))
 
 
 def _einsum_bwd(spec, residuals, g):
