@@ -145,10 +145,11 @@ def test_packed_bfloat16_blocks_give_the_same_logits_as_unpacked():
 @pytest.mark.parametrize("variant", ["test", "test-gpt2"])
 def test_serving_layout_computes_what_the_training_layout_computes(variant):
     # test-gpt2 with an untied head: every kernel, biases and the head move to [*out, *in].
-    config = gpt.VARIANTS[variant].replace(tie_embeddings=variant == "test")
+    # bf16 storage (out-first is for 16-bit weights), float32 compute: the same logits.
+    config = gpt.VARIANTS[variant].replace(tie_embeddings=variant == "test", param_dtype="bfloat16")
     ids = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (2, 9)))
     params = jax.device_get(nn.unbox(gpt.init_params(config, jax.random.key(0)))["params"])
-    serving_config, serving = gpt.serving_layout(config, params)
+    serving_config, serving = gpt.serving_layout(config, gpt.pack_params(params))
     assert serving_config.kernels_out_first and not serving_config.scan_layers
     # The serving model's own init has the same shapes, so a fresh serving tree loads as is.
     fresh = nn.unbox(gpt.init_params(serving_config, jax.random.key(0)))["params"]
@@ -164,6 +165,9 @@ def test_serving_layout_computes_what_the_training_layout_computes(variant):
         atol=1e-5,
     )
     assert gpt.serving_layout(serving_config, serving)[1] is serving  # already serving
+    # float32 weights stay in-first (XLA:CPU's float32 few-row dots are slower out-first).
+    wide_config, wide = gpt.serving_layout(config.replace(param_dtype="float32"), params)
+    assert not wide_config.kernels_out_first and not wide_config.scan_layers
 
 
 @pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
