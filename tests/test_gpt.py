@@ -166,7 +166,7 @@ def test_serving_layout_computes_what_the_training_layout_computes(variant):
     )
     assert gpt.serving_layout(serving_config, serving)[1] is serving  # already serving
     # float32 weights stay in-first (XLA:CPU's float32 few-row dots are slower out-first).
-    wide_config, wide = gpt.serving_layout(config.replace(param_dtype="float32"), params)
+    wide_config, _ = gpt.serving_layout(config.replace(param_dtype="float32"), params)
     assert not wide_config.kernels_out_first and not wide_config.scan_layers
 
 
