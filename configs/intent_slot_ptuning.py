@@ -3,7 +3,8 @@
   python -m ptlearn.data.prepare assistant --raw_dir=../shared/data --out_dir=data/assistant
   python -m ptlearn.train --config=configs/intent_slot_ptuning.py --workdir=runs/intent_slot
 
-Arguments: encoder, data, model, steps.
+Arguments: encoder, data, model, steps, virtual (virtual tokens), seed (prompt init and data
+order).
 """
 
 from ptlearn import config_lib
@@ -11,10 +12,22 @@ from ptlearn import config_lib
 
 def get_config(arg=None):
     args = config_lib.parse_arg(
-        arg, encoder="lstm", data="data/assistant", model="default", steps=800
+        arg,
+        encoder="lstm",
+        data="data/assistant",
+        model="default",
+        steps=800,
+        virtual=10,
+        seed=1234,
     )
     c = config_lib.single_task_config(
-        "intent_and_slot", "p-tuning", model=args.model, data_dir=args.data, steps=args.steps
+        "intent_and_slot",
+        "p-tuning",
+        model=args.model,
+        data_dir=args.data,
+        steps=args.steps,
+        virtual_tokens=args.virtual,
+        seed=args.seed,
     )
     c.model.max_seq_length = 128
     c.model.p_tuning.encoder_type = args.encoder

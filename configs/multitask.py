@@ -5,7 +5,8 @@ prompt; batches mix tasks freely.
 
   python -m ptlearn.train --config=configs/multitask.py --workdir=runs/multitask
 
-Arguments: encoder, model, steps.
+Arguments: encoder, model, steps, virtual (virtual tokens per task), seed (prompt init and
+data order).
 """
 
 from ptlearn import config_lib
@@ -14,9 +15,12 @@ TASKS = ("sentiment", "squad", "intent_and_slot")
 
 
 def get_config(arg=None):
-    args = config_lib.parse_arg(arg, encoder="mlp", model="default", steps=700)
+    args = config_lib.parse_arg(
+        arg, encoder="mlp", model="default", steps=700, virtual=10, seed=1234
+    )
     c = config_lib.base_config()
-    entries = [config_lib.reference_task(task) for task in TASKS]
+    config_lib.set_seed(c, args.seed)
+    entries = [config_lib.reference_task(task, args.virtual) for task in TASKS]
     c.model.language_model_path = args.model
     c.model.virtual_prompt_style = "p-tuning"
     c.model.new_tasks = TASKS
@@ -31,7 +35,6 @@ def get_config(arg=None):
     c.model.optim.lr = 1e-3
     c.model.optim.sched.warmup_steps = 30
     c.trainer.max_steps = args.steps
-    c.trainer.max_time_minutes = 28.0
     c.trainer.val_check_interval = 175
     c.trainer.limit_val_batches = 40
     c.inference.tokens_to_generate = 40

@@ -2,16 +2,25 @@
 
   python -m ptlearn.train --config=configs/sentiment_prompt_tuning.py --workdir=runs/sentiment_pt
 
-Arguments: init (text, random, vocab, labels), data, model, steps.
+Arguments: init (text, random, vocab, labels), data, model, steps, virtual (virtual tokens),
+seed (prompt init and data order).
 """
 
 from ptlearn import config_lib
 
 
 def get_config(arg=None):
-    args = config_lib.parse_arg(arg, init="text", data="data/fpb", model="default", steps=600)
+    args = config_lib.parse_arg(
+        arg, init="text", data="data/fpb", model="default", steps=600, virtual=10, seed=1234
+    )
     c = config_lib.single_task_config(
-        "sentiment", "prompt-tuning", model=args.model, data_dir=args.data, steps=args.steps
+        "sentiment",
+        "prompt-tuning",
+        model=args.model,
+        data_dir=args.data,
+        steps=args.steps,
+        virtual_tokens=args.virtual,
+        seed=args.seed,
     )
     c.model.max_seq_length = 256
     c.model.prompt_tuning.new_prompt_init_methods = (args.init,)
@@ -23,3 +32,10 @@ def get_config(arg=None):
     c.trainer.val_check_interval = 100
     c.inference.batch_size = 64
     return c
+
+
+def get_hyper(h):
+    """The four prompt initialisations x 3 seeds (narrow it: --sweep.init=text --sweep.seed=0)."""
+    return h.product(
+        [h.sweep("init", ["text", "random", "vocab", "labels"]), h.sweep("seed", [0, 1, 2])]
+    )

@@ -4,16 +4,25 @@
   python -m ptlearn.train --config=configs/sentiment_ptuning.py --workdir=runs/sentiment
 
 Arguments (`--config=configs/sentiment_ptuning.py:encoder=lstm,steps=400`): encoder (mlp, lstm,
-biglstm, tpmlp), data (the jsonl folder), model ('default' or a path), steps.
+biglstm, tpmlp), data (the jsonl folder), model ('default', 'tiny' or a path), steps, virtual
+(virtual tokens), seed (prompt init and data order).
 """
 
 from ptlearn import config_lib
 
 
 def get_config(arg=None):
-    args = config_lib.parse_arg(arg, encoder="mlp", data="data/fpb", model="default", steps=600)
+    args = config_lib.parse_arg(
+        arg, encoder="mlp", data="data/fpb", model="default", steps=600, virtual=10, seed=1234
+    )
     c = config_lib.single_task_config(
-        "sentiment", "p-tuning", model=args.model, data_dir=args.data, steps=args.steps
+        "sentiment",
+        "p-tuning",
+        model=args.model,
+        data_dir=args.data,
+        steps=args.steps,
+        virtual_tokens=args.virtual,
+        seed=args.seed,
     )
     c.model.max_seq_length = 256
     c.model.p_tuning.encoder_type = args.encoder

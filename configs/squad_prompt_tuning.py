@@ -3,14 +3,16 @@
   python -m ptlearn.data.prepare squad --raw_dir=../shared/data --out_dir=data/squad
   python -m ptlearn.train --config=configs/squad_prompt_tuning.py --workdir=runs/squad
 
-Arguments: data, model, steps, virtual (virtual tokens).
+Arguments: data, model, steps, virtual (virtual tokens), seed (prompt init and data order).
 """
 
 from ptlearn import config_lib
 
 
 def get_config(arg=None):
-    args = config_lib.parse_arg(arg, data="data/squad", model="default", steps=400, virtual=20)
+    args = config_lib.parse_arg(
+        arg, data="data/squad", model="default", steps=400, virtual=20, seed=1234
+    )
     c = config_lib.single_task_config(
         "squad",
         "prompt-tuning",
@@ -18,6 +20,7 @@ def get_config(arg=None):
         data_dir=args.data,
         steps=args.steps,
         virtual_tokens=args.virtual,
+        seed=args.seed,
     )
     c.model.max_seq_length = 384
     c.model.prompt_tuning.new_prompt_init_methods = ("text",)

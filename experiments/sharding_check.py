@@ -26,7 +26,7 @@ import pathlib  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 
-from ptlearn import predict, sharding, train  # noqa: E402
+from ptlearn import predict, sharding, training  # noqa: E402
 from ptlearn.data.jsonl import iter_numbered_jsonl  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def main() -> int:
     result, ok = {}, True
     for name, (devices, tp, fsdp, micro) in MESHES.items():
         config = config_for(args.config, args.data, devices, tp, fsdp, micro)
-        train.train_and_evaluate(config, str(out / name))
+        training.train_and_evaluate(config, str(out / name))
         result[name] = {
             "losses": losses(out / name),
             "predictions": predictions(config, out / name, records),
@@ -96,7 +96,7 @@ def main() -> int:
     shutil.copytree(
         out / "tp3-dp2" / "checkpoints" / "best" / "5", resumed / "checkpoints" / "last" / "5"
     )
-    train.train_and_evaluate(config_for(args.config, args.data, *MESHES["single"]), str(resumed))
+    training.train_and_evaluate(config_for(args.config, args.data, *MESHES["single"]), str(resumed))
     after = losses(resumed)
     meshed = losses(out / "tp3-dp2")
     rel = max(abs(after[s] - meshed[s]) / abs(meshed[s]) for s in after)

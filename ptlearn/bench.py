@@ -9,7 +9,7 @@ Prints one JSON line. The fixed-shape workloads mirror ../shared/peer/bench_peft
 harness): seeded synthetic ids in [17, vocab) (no special ids), virtual tokens prepended, the
 loss over every text token (PEFT's labels=input_ids; `--answer_tokens=N` keeps only the last N),
 AdamW, one step = forward + backward + optimizer update. The timed step is ptlearn's own:
-`train.make_train_step` / `train.make_eval_step` on collated batches, `predict.generate_answers`
+`training.make_train_step` / `training.make_eval_step` on collated batches, `predict.generate_answers`
 for decoding. The first call (trace + compile + one run) is reported as compile_s; then
 `--steps` calls are timed, each ended by `jax.block_until_ready`.
 
@@ -47,8 +47,8 @@ from ptlearn import (
     prompted,
     sharding,
     templates,
-    train,
     train_setup,
+    training,
 )
 from ptlearn.checkpoints import load_model
 from ptlearn.data import batching
@@ -212,13 +212,13 @@ def synthetic_config(args: argparse.Namespace, hidden_size: int) -> ml_collectio
     return c
 
 
-def synthetic_setup(args: argparse.Namespace, loaded: Any) -> train.Setup:
-    """A train.Setup on one device for the synthetic task (no data files read)."""
+def synthetic_setup(args: argparse.Namespace, loaded: Any) -> training.Setup:
+    """A training.Setup on one device for the synthetic task (no data files read)."""
     c = synthetic_config(args, loaded.config.hidden_size)
     encoder_config = train_setup.encoder_config_from(c.model, loaded.config.hidden_size)
     mesh = sharding.make_mesh(1, 1, sharding.select_devices(1))
     model_config = train_setup.gpt_config_from(c, loaded.config, mesh)
-    return train.Setup(
+    return training.Setup(
         config=c,
         loaded=loaded,
         model=GPT(model_config),
@@ -230,6 +230,8 @@ def synthetic_setup(args: argparse.Namespace, loaded: Any) -> train.Setup:
         train_examples=[],
         val_examples=[],
         val_records=[],
+        test_examples=[],
+        test_records=[],
         label_sets={},
         mesh=mesh,
         rules=sharding.rules_from_config((), sequence_parallel=False),
@@ -318,7 +320,7 @@ def bench_fixed(args: argparse.Namespace) -> dict[str, Any]:
         max_length=s.config.model.max_seq_length,
         pad_id=_pad_id(loaded),
     )
-    state, frozen, tx, _ = train.init_state(s, args.steps + 1)
+    state, frozen, tx, _ = training.init_state(s, args.steps + 1)
     result = _header(args, args.mode, args.model)
     result["batch_chains"] = s.model.config.batch_chains
     # Before the donating step runs.
@@ -326,14 +328,14 @@ def bench_fixed(args: argparse.Namespace) -> dict[str, Any]:
     with sharding.activate(s.mesh, s.rules):
         if args.mode == "forward":
             # The eval step: prompted forward + answer NLL, no gradient.
-            eval_step = train.make_eval_step(s)
+            eval_step = training.make_eval_step(s)
             batch = jax.device_put(host, sharding.batch_sharding(s.mesh, s.rules))
             compile_s, times = time_calls(
                 lambda: eval_step(state["trainable"], frozen, batch), args.steps, args.profile_dir
             )
             loss = None
         else:
-            train_step = train.make_train_step(s, tx)
+            train_step = training.make_train_step(s, tx)
             micro = batching.split_micro_batches(host, s.accumulation)
             batch = jax.device_put(
                 micro, sharding.batch_sharding(s.mesh, s.rules, micro_batched=True)
@@ -383,7 +385,7 @@ def param_summary(trainable: Any, frozen: Any, weights_dtype: str) -> dict[str, 
     }
 
 
-def _encoder_text(s: train.Setup) -> str | None:
+def _encoder_text(s: training.Setup) -> str | None:
     e = s.encoder_config
     if e is None:
         return None
@@ -396,8 +398,8 @@ def bench_generate(args: argparse.Namespace) -> dict[str, Any]:
     loaded = load_model(args.model, dtype=args.frozen_dtype)
     load_peak = peak_rss_mb()
     s = synthetic_setup(args, loaded)
-    prompt_params = nn.meta.unbox(train.init_prompt_params(s, jax.random.key(args.seed)))
-    tables = prompted.stack_tables(train.frozen_tables(s, prompt_params), s.task_names)
+    prompt_params = nn.meta.unbox(training.init_prompt_params(s, jax.random.key(args.seed)))
+    tables = prompted.stack_tables(training.frozen_tables(s, prompt_params), s.task_names)
     examples = synthetic_examples(
         args.batch, args.prompt_len, args.virtual_tokens, loaded.config.vocab_size, 1, args.seed
     )
@@ -507,7 +509,7 @@ def _data_step(train_step, holder, frozen, fetch, position, record) -> None:
 
 
 def bench_data(args: argparse.Namespace) -> dict[str, Any]:
-    """`--steps` steps of real data (train.Batches, length buckets) and the same steps with
+    """`--steps` steps of real data (training.Batches, length buckets) and the same steps with
     every batch padded to --seq: a warm-up pass of each (compiling its shapes), then both
     timed, alternating step by step."""
     config = load_config(args.config)
@@ -524,10 +526,10 @@ def bench_data(args: argparse.Namespace) -> dict[str, Any]:
         sched = m.optim.sched
         config.trainer.max_steps = sched.warmup_steps + sched.constant_steps + 4 * args.steps
     config.model.frozen_weights_dtype = args.frozen_dtype
-    s = train.setup(config)
+    s = training.setup(config)
     load_peak = peak_rss_mb()
-    state, frozen, tx, _ = train.init_state(s, config.trainer.max_steps)
-    batches = train.Batches(s)
+    state, frozen, tx, _ = training.init_state(s, config.trainer.max_steps)
+    batches = training.Batches(s)
     positions = [divmod(i, batches.per_epoch) for i in range(args.steps)]
     pad_id = _pad_id(s.loaded)
 
@@ -544,7 +546,7 @@ def bench_data(args: argparse.Namespace) -> dict[str, Any]:
         for name in fetchers
     }
     with sharding.activate(s.mesh, s.rules):
-        train_step = train.make_train_step(s, tx)
+        train_step = training.make_train_step(s, tx)
         for name, fetch in fetchers.items():  # the warm-up passes compile every shape
             for position in positions:
                 _data_step(train_step, holder, frozen, fetch, position, passes[name][0])

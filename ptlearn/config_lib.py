@@ -1,13 +1,18 @@
-"""The config tree (NeMo prompt-learning names, SPEC section 4), `parse_arg`, and validation.
+"""The config tree (NeMo prompt-learning names, SPEC section 4), `parse_arg`, loading a config
+file or shipped config by name, and validation.
 
-Experiment files in `configs/` start from `base_config()` and change what they need; the CLI
-locks the result so a mistyped `--config.x.y` is an error rather than a silently new key.
+Experiment files in `configs/` start from `base_config()` and change what they need; loading
+locks the result so a mistyped `--config.x.y` (or override key) is an error rather than a
+silently new key.
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Sequence
+import importlib.util
+import pathlib
+import types
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -54,6 +59,80 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         else:
             result[key] = value
     return result
+
+
+def shipped_configs() -> dict[str, pathlib.Path]:
+    """Name -> file of every config shipped in the package `ptlearn.configs`."""
+    spec = importlib.util.find_spec("ptlearn.configs")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    return {
+        p.stem: p
+        for folder in folders
+        for p in sorted(pathlib.Path(folder).glob("*.py"))
+        if not p.stem.startswith("_")
+    }
+
+
+def config_file(name_or_path: str) -> pathlib.Path:
+    """A config file path, or the name of a shipped config (`sentiment_ptuning`)."""
+    path = pathlib.Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    shipped = shipped_configs()
+    name = path.stem if path.suffix == ".py" and path.parent.name == "configs" else name_or_path
+    if name in shipped:
+        return shipped[name]
+    raise ConfigError(
+        f"config {name_or_path!r}: no such file, and no shipped config of that name (shipped: "
+        f"{', '.join(shipped)})"
+    )
+
+
+def load_config_module(name_or_path: str) -> types.ModuleType:
+    """The config file's module (its `get_config`, and `get_hyper` when it declares a sweep)."""
+    path = config_file(name_or_path)
+    spec = importlib.util.spec_from_file_location(f"ptlearn_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"{path}: defines no get_config(arg=None)")
+    return module
+
+
+def load_config(
+    name_or_path: str, arg: str | None = None, **overrides: Any
+) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of a config file or shipped config, locked, with dotted-key overrides.
+
+    `name_or_path` may carry the argument as on the command line (`"sentiment_ptuning:
+    encoder=lstm"`); `overrides` are `{"model.optim.lr": 3e-3}` as `**` keywords.
+    """
+    if arg is None and ":" in name_or_path:
+        name_or_path, arg = name_or_path.split(":", 1)
+    config = load_config_module(name_or_path).get_config(arg)
+    config.lock()
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
+    """Sets dotted keys of a locked config in place (and returns it); unknown keys and values
+    of the wrong type raise a ConfigError naming the key."""
+    for key, value in overrides.items():
+        parent, _, leaf = key.rpartition(".")
+        node = config
+        for part in parent.split(".") if parent else ():
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                raise ConfigError(f"config key {key!r} does not exist (no {part!r})")
+            node = node[part]
+        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+            raise ConfigError(f"config key {key!r} does not exist")
+        try:
+            node[leaf] = value
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"config key {key!r}: {err}") from err
+    return config
 
 
 def task_template(
@@ -133,6 +212,7 @@ def base_config() -> ml_collections.ConfigDict:
             encoder_type="mlp", dropout=0.0, num_layers=2, encoder_hidden=2048, init_std=0.023
         ),
         data=dict(
+            seed=1234,  # data order (shuffling); model.seed draws the prompt init and dropout
             train_ds=(),
             validation_ds=(),
             test_ds=(),
@@ -312,6 +392,12 @@ def reference_task(
     return template, files
 
 
+def set_seed(config: ml_collections.ConfigDict, seed: int) -> None:
+    """The configs' `seed=N` argument: prompt init / dropout and data order both from `seed`."""
+    config.model.seed = seed
+    config.model.data.seed = seed
+
+
 def single_task_config(
     taskname: str,
     style: str,
@@ -320,9 +406,11 @@ def single_task_config(
     data_dir: str | None,
     steps: int,
     virtual_tokens: int = 10,
+    seed: int = 1234,
 ) -> ml_collections.ConfigDict:
-    """base_config() set up to train one seed application on one CPU within ~30 minutes."""
+    """base_config() set up to train one seed application on one CPU."""
     c = base_config()
+    set_seed(c, seed)
     template, files = reference_task(taskname, virtual_tokens, data_dir)
     c.model.language_model_path = model
     c.model.virtual_prompt_style = style
@@ -332,6 +420,5 @@ def single_task_config(
     c.model.data.validation_ds = (files["validation"],)
     c.model.data.test_ds = (files["test"],)
     c.trainer.max_steps = steps
-    c.trainer.max_time_minutes = 28.0
     c.inference.tokens_to_generate = REFERENCE_TASKS[taskname]["tokens_to_generate"]
     return c

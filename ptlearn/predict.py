@@ -24,9 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ptlearn import distributed, metrics, prompted, sharding, templates
+from ptlearn.config_lib import inference_config
 from ptlearn.data import batching, jsonl
 from ptlearn.errors import CheckpointError, PtlearnError
-from ptlearn.generate import Sampling, decode, gather_rows, prefix_cache
+from ptlearn.generate import Sampling, decode, gather_rows, generate, prefix_cache
 from ptlearn.gpt import GPT, GPTConfig, cache_length, serving_layout
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,11 @@ MAX_PREFIX_CACHES = 256
 
 @dataclasses.dataclass
 class PromptedLM:
-    """A frozen base model plus the prompt tables of the tasks it serves."""
+    """A frozen base model plus the prompt tables of the tasks it serves.
+
+    `ptlearn.load(prompt_model)` gives one; `.predict`, `.rank`, `.generate` and `.evaluate`
+    take records (dicts with `taskname` and the template's fields) or plain strings.
+    """
 
     config: GPTConfig
     lm_params: Any  # the GPT's inner parameter tree
@@ -49,6 +54,9 @@ class PromptedLM:
     max_seq_length: int
     add_bos: bool
     add_eos: bool
+    # Closed answer sets per task (rank classification), and the default inference options.
+    label_sets: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    inference: Any = dataclasses.field(default_factory=inference_config)
     # (task, prefix ids, prefix virtual_index) -> that prefix's KV cache [.., 1, P, K, D]
     prefix_caches: dict = dataclasses.field(default_factory=dict, repr=False)
 
@@ -56,6 +64,88 @@ class PromptedLM:
     def task_index(self) -> dict[str, int]:
         """Task name -> row of `tables`."""
         return {t: i for i, t in enumerate(self.task_names)}
+
+    def predict(
+        self, inputs: Sequence[Mapping[str, Any] | str], task: str | None = None, **options: Any
+    ) -> list[str]:
+        """The answer for each input (a record, or a string filling the task's one input field),
+        generated with `self.inference` updated by `options` (e.g. tokens_to_generate=4)."""
+        records = as_records(self, inputs, task)
+        inference = with_options(self.inference, options)
+        return predict_records(self, records, inference, label_sets=self.label_sets)
+
+    def rank(self, inputs: Sequence[Mapping[str, Any] | str], task: str | None = None) -> list[str]:
+        """For each input, the label of its task's closed label set with the lowest NLL."""
+        return self.predict(inputs, task, rank_classification=True)
+
+    def generate(self, texts: Sequence[str], **options: Any) -> list[str]:
+        """The base model's continuation of each raw text (no template, no prompt)."""
+        inference = with_options(self.inference, options)
+        eos = [self.tokenizer.eos_id] if self.tokenizer.eos_id is not None else []
+        prompts = [self.tokenizer.encode(t) for t in texts]
+        if not all(prompts):
+            raise PtlearnError("generate: every text needs at least one token")
+        new_ids = generate(
+            self.config,
+            self.lm_params,
+            prompts,
+            tokens_to_generate=int(inference.tokens_to_generate),
+            sampling=sampling_from(inference),
+            eos_ids=eos,
+            pad_id=self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0,
+            seed=int(inference.seed),
+        )
+        return [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in new_ids]
+
+    def evaluate(
+        self, inputs: Sequence[Mapping[str, Any]], **options: Any
+    ) -> dict[str, dict[str, float]]:
+        """{task: {metric: value}} of the predictions for records that carry their answers."""
+        records = as_records(self, inputs, None)
+        inference = with_options(self.inference, options)
+        predictions = predict_records(self, records, inference, label_sets=self.label_sets)
+        return score(self, records, predictions)
+
+
+def as_records(
+    lm: PromptedLM, inputs: Sequence[Mapping[str, Any] | str], task: str | None
+) -> list[tuple[int, dict]]:
+    """(1-based index, record) per input; a string fills `task`'s single input field."""
+    if isinstance(inputs, str | Mapping):
+        raise PtlearnError("give a list of records or strings, not a single one")
+    if task is not None and task not in lm.templates:
+        raise PtlearnError(
+            f"task={task!r} is not in this prompt model ({', '.join(lm.task_names)})"
+        )
+    records = []
+    for number, item in enumerate(inputs, start=1):
+        if isinstance(item, str):
+            if task is None:
+                raise PtlearnError(f"input {number} is a string: name its task (task=...)")
+            template = lm.templates[task]
+            fields = [f for f in template.field_names if f != template.answer_field]
+            if len(fields) != 1:
+                raise PtlearnError(
+                    f"task {task!r} has input fields {fields}: give records, not strings"
+                )
+            item = {"taskname": task, fields[0]: item}
+        elif isinstance(item, Mapping):
+            item = dict(item)
+            if task is not None:
+                item.setdefault("taskname", task)
+        else:
+            raise PtlearnError(f"input {number} is a {type(item).__name__}: give a dict or str")
+        records.append((number, item))
+    return records
+
+
+def with_options(inference: Any, options: Mapping[str, Any]) -> Any:
+    """A copy of the inference config with `options` set (unknown keys are an error)."""
+    from ptlearn.config_lib import apply_overrides
+
+    copy = inference.copy_and_resolve_references()
+    copy.lock()
+    return apply_overrides(copy, options)
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -306,7 +396,19 @@ def load_prompted_lm(
         max_seq_length=int(artifact.encoding["max_seq_length"]),
         add_bos=bool(artifact.encoding["add_bos"]),
         add_eos=bool(artifact.encoding["add_eos"]),
+        label_sets=dict(artifact.label_sets),
+        inference=_trained_inference(artifact),
     ), artifact
+
+
+def _trained_inference(artifact: Any) -> Any:
+    """The inference options the prompt model was trained with (defaults for older ones)."""
+    inference = inference_config()
+    saved = artifact.run_record.get("config", {}).get("inference", {})
+    for key, value in saved.items():
+        if key in inference:
+            inference[key] = value
+    return inference
 
 
 def _place(config: GPTConfig, params: Any, mesh: Any, rules: Any) -> Any:

@@ -43,6 +43,8 @@ class Setup:
     train_examples: list[templates.EncodedExample]
     val_examples: list[templates.EncodedExample]
     val_records: list[tuple[int, dict]]
+    test_examples: list[templates.EncodedExample]  # model.data.test_ds, scored at the end
+    test_records: list[tuple[int, dict]]
     label_sets: dict[str, list[str]]
     mesh: Any  # jax.sharding.Mesh ("data", "fsdp", "model")
     rules: Any  # logical-axis rules (sharding.Rules)
@@ -220,6 +222,8 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
         config_lib.as_tuple(m.data.validation_ds), "model.data.validation_ds"
     )
     _check_tasks(val_records, list(served), "the tasks this run serves")
+    test_records = _read_records(config_lib.as_tuple(m.data.test_ds), "model.data.test_ds")
+    _check_tasks(test_records, list(served), "the tasks this run serves")
     # Loaded straight into the storage dtype: no float32 copy of the model stays around.
     loaded = load_model(m.language_model_path, dtype=frozen_weights_dtype(m))
     max_len = min(m.max_seq_length, loaded.config.max_position_embeddings)
@@ -238,6 +242,8 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
         train_examples=_encode(train_records, served, loaded.tokenizer, m.data, max_len),
         val_examples=_encode(val_records, served, loaded.tokenizer, m.data, max_len),
         val_records=[(n, r) for _, n, r in val_records],
+        test_examples=_encode(test_records, served, loaded.tokenizer, m.data, max_len),
+        test_records=[(n, r) for _, n, r in test_records],
         label_sets={t: v for t, v in label_sets.items() if t in served},
         mesh=mesh,
         rules=rules,

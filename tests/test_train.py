@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from tiny_model import tiny_config, write_tiny_data, write_tiny_model
 
-from ptlearn import predict, train
+from ptlearn import predict, training
 from ptlearn.checkpoints import load_model
 from ptlearn.checkpoints.prompt_model import load_prompt_model
 from ptlearn.data.jsonl import read_jsonl, write_jsonl
@@ -28,16 +28,16 @@ def tiny(tmp_path_factory):
 @pytest.mark.parametrize("style", ["p-tuning", "prompt-tuning"])
 def test_one_step_changes_only_prompt_parameters(tiny, style):
     config = tiny_config(*tiny, style=style)
-    s = train.setup(config)
-    state, frozen, tx, _ = train.init_state(s, 6)
+    s = training.setup(config)
+    state, frozen, tx, _ = training.init_state(s, 6)
     lm_before = jax.tree.map(np.array, frozen["lm"])
     prompt_before = jax.tree.map(np.array, state["trainable"]["prompt"])
     assert all(
         leaf is None
         for leaf in jax.tree.leaves(state["trainable"]["lm"], is_leaf=lambda x: x is None)
     )
-    batch = train.Batches(s).get(0, 0)
-    new_state, stats = train.make_train_step(s, tx)(state, frozen, batch)
+    batch = training.Batches(s).get(0, 0)
+    new_state, stats = training.make_train_step(s, tx)(state, frozen, batch)
     assert np.isfinite(float(stats["loss"]))
     # The frozen partition is never an output of the step: it is the same buffers, unchanged.
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, frozen["lm"]), lm_before)
@@ -58,7 +58,7 @@ def test_one_step_changes_only_prompt_parameters(tiny, style):
 def test_train_then_predict(tiny, tmp_path, capsys):
     model, data = tiny
     config = tiny_config(model, data)
-    result = train.train_and_evaluate(config, str(tmp_path))
+    result = training.train_and_evaluate(config, str(tmp_path))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
@@ -67,7 +67,7 @@ def test_train_then_predict(tiny, tmp_path, capsys):
     assert any("val_sentiment/accuracy" in r for r in records)
     assert list((tmp_path / "tensorboard").iterdir())
     artifact = tmp_path / "prompt_model"
-    assert result["prompt_model"] == str(artifact)
+    assert result.prompt_model == str(artifact)
     size = sum(f.stat().st_size for f in artifact.iterdir())
     assert size < 50_000  # prompt tables and metadata only, never base weights
     prompt_model = load_prompt_model(artifact)
@@ -157,8 +157,8 @@ def test_sigkill_then_rerun_resumes_to_the_same_result(tiny, tmp_path):
 
 def test_adding_a_task_keeps_old_prompts_bit_identical(tiny, tmp_path):
     model, data = tiny
-    first = train.train_and_evaluate(tiny_config(model, data), str(tmp_path / "first"))
-    old = load_prompt_model(first["prompt_model"])
+    first = training.train_and_evaluate(tiny_config(model, data), str(tmp_path / "first"))
+    old = load_prompt_model(first.prompt_model)
 
     topic = tmp_path / "topic.jsonl"
     write_jsonl(
@@ -169,7 +169,7 @@ def test_adding_a_task_keeps_old_prompts_bit_identical(tiny, tmp_path):
         ],
     )
     config = tiny_config(model, data)
-    config.model.restore_path = first["prompt_model"]
+    config.model.restore_path = first.prompt_model
     config.model.existing_tasks = ("sentiment",)
     config.model.new_tasks = ("topic",)
     config.model.task_templates = (
@@ -185,24 +185,24 @@ def test_adding_a_task_keeps_old_prompts_bit_identical(tiny, tmp_path):
     )
     config.model.data.train_ds = (str(topic),)
     config.model.data.validation_ds = (str(topic),)
-    second = train.train_and_evaluate(config, str(tmp_path / "second"))
-    new = load_prompt_model(second["prompt_model"])
+    second = training.train_and_evaluate(config, str(tmp_path / "second"))
+    new = load_prompt_model(second.prompt_model)
     assert sorted(new.tables) == ["sentiment", "topic"]
     assert new.tables["sentiment"].tobytes() == old.tables["sentiment"].tobytes()
 
     records = [(i + 1, r) for i, r in enumerate(read_jsonl(data["test"]))]
-    before, _ = predict.load_prompted_lm(first["prompt_model"])
-    after, _ = predict.load_prompted_lm(second["prompt_model"])
+    before, _ = predict.load_prompted_lm(first.prompt_model)
+    after, _ = predict.load_prompted_lm(second.prompt_model)
     assert predict.predict_records(before, records, config.inference) == predict.predict_records(
         after, records, config.inference
     )
 
 
 def _one_step(config):
-    s = train.setup(config)
-    state, frozen, tx, _ = train.init_state(s, 6)
-    batch = train.Batches(s).get(0, 0)
-    new_state, stats = train.make_train_step(s, tx)(state, frozen, batch)
+    s = training.setup(config)
+    state, frozen, tx, _ = training.init_state(s, 6)
+    batch = training.Batches(s).get(0, 0)
+    new_state, stats = training.make_train_step(s, tx)(state, frozen, batch)
     return new_state, stats, batch
 
 
@@ -237,23 +237,23 @@ def test_bfloat16_precision_trains(tiny):
 def test_frozen_weights_in_bfloat16_prompts_and_optimizer_in_float32(tiny):
     config = tiny_config(*tiny)
     config.model.frozen_weights_dtype = "bfloat16"
-    s = train.setup(config)
+    s = training.setup(config)
     # The base model is read straight into bfloat16 (no float32 copy of it is held).
     assert {x.dtype for x in jax.tree.leaves(s.loaded.params)} == {np.dtype("bfloat16")}
     wide = load_model(config.model.language_model_path).params["layers"]["mlp"]["up"]["kernel"]
     expected = np.asarray(wide, jax.numpy.bfloat16)
-    state, frozen, tx, _ = train.init_state(s, 6)
+    state, frozen, tx, _ = training.init_state(s, 6)
     # The host copy is gone once the weights are on the device; a second init_state says so.
     assert s.loaded.params is None
     with pytest.raises(ConfigError, match="already went to the device"):
-        train.init_state(s, 6)
+        training.init_state(s, 6)
     # The block stack travels as the uint16 bits of its bfloat16 weights (gpt.pack_params).
     lm = frozen["lm"]
     assert {x.dtype for x in jax.tree.leaves(lm["layers"])} == {np.dtype("uint16")}
     assert {x.dtype for x in jax.tree.leaves({**lm, "layers": None})} == {np.dtype("bfloat16")}
     unpacked = np.asarray(lm["layers"]["mlp"]["up"]["kernel"]).view(jax.numpy.bfloat16)
     np.testing.assert_array_equal(unpacked, expected)
-    new_state, stats = train.make_train_step(s, tx)(state, frozen, train.Batches(s).get(0, 0))
+    new_state, stats = training.make_train_step(s, tx)(state, frozen, training.Batches(s).get(0, 0))
     assert {x.dtype for x in jax.tree.leaves(new_state["trainable"])} == {np.dtype("float32")}
     moments = [x for x in jax.tree.leaves(new_state["opt_state"]) if getattr(x, "ndim", 0) > 0]
     assert {x.dtype for x in moments} == {np.dtype("float32")}

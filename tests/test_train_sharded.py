@@ -13,7 +13,7 @@ import pytest
 from test_train import _write_config
 from tiny_model import tiny_config, write_tiny_data, write_tiny_model
 
-from ptlearn import train
+from ptlearn import training
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def _losses(workdir):
 @pytest.fixture(scope="module")
 def single(tiny, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("single")
-    train.train_and_evaluate(_config(tiny), str(workdir))
+    training.train_and_evaluate(_config(tiny), str(workdir))
     return workdir
 
 
@@ -57,12 +57,12 @@ def test_mesh_losses_match_single_device(
 ):
     config = _config(tiny, devices=8, tp=tp, fsdp=fsdp, micro=micro)
     config.model.sequence_parallel = sequence_parallel
-    s = train.setup(config)
-    state, frozen, _, _ = train.init_state(s, 4)
+    s = training.setup(config)
+    state, frozen, _, _ = training.init_state(s, 4)
     query = frozen["lm"]["layers"]["attn"]["query"]["kernel"]
     assert "model" in str(query.sharding.spec)
     assert len(query.sharding.device_set) == 8
-    train.train_and_evaluate(config, str(tmp_path))
+    training.train_and_evaluate(config, str(tmp_path))
     expected, got = _losses(single), _losses(tmp_path)
     assert sorted(got) == [1, 2, 3, 4]
     for step in got:
@@ -71,11 +71,11 @@ def test_mesh_losses_match_single_device(
 
 def test_checkpoint_from_a_mesh_resumes_on_one_device(tiny, single, tmp_path):
     meshed = tmp_path / "meshed"
-    train.train_and_evaluate(_config(tiny, devices=8, tp=2, micro=2), str(meshed))
+    training.train_and_evaluate(_config(tiny, devices=8, tp=2, micro=2), str(meshed))
     resumed = tmp_path / "resumed"
     (resumed / "checkpoints" / "last").mkdir(parents=True)
     shutil.copytree(meshed / "checkpoints" / "best" / "2", resumed / "checkpoints" / "last" / "2")
-    train.train_and_evaluate(_config(tiny), str(resumed))
+    training.train_and_evaluate(_config(tiny), str(resumed))
     got, expected = _losses(resumed), _losses(single)
     assert sorted(got) == [3, 4]  # resumed after step 2
     for step in got:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ptlearn.errors import CheckpointError
+from ptlearn.files import apply_umask
 
 FORMAT_VERSION = 1
 TABLES_FILE = "prompt_tables.safetensors"
@@ -34,6 +35,8 @@ class PromptModel:
     encoding: dict[str, Any]  # {"add_eos", "add_bos", "max_seq_length"}
     label_sets: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     training: dict[str, Any] = dataclasses.field(default_factory=dict)  # style, step, metrics
+    # What made it (runs.run_record): resolved config, package versions, git commit, data sums.
+    run_record: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def tasks(self) -> list[str]:
@@ -54,6 +57,7 @@ def save_prompt_model(directory: str | pathlib.Path, model: PromptModel) -> path
     del meta["tables"]
     meta["table_shapes"] = {task: list(t.shape) for task, t in tables.items()}
     (staging / META_FILE).write_text(json.dumps(meta, indent=1, default=_json_default))
+    apply_umask(staging)
     if directory.exists():
         shutil.rmtree(directory)
     staging.rename(directory)

@@ -21,6 +21,7 @@ import numpy as np
 from ptlearn import gpt
 from ptlearn.checkpoints import hf, tiny_model_path
 from ptlearn.data import toy
+from ptlearn.files import apply_umask
 
 EOS = "<|endoftext|>"
 VOCAB_SIZE = 320
@@ -60,6 +61,7 @@ def write_tiny_model(folder: str | pathlib.Path, seed: int = 0) -> pathlib.Path:
         {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()},
         str(folder / "model.safetensors"),
     )
+    apply_umask(folder)
     return folder
 
 

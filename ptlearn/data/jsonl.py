@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 
 from ptlearn.errors import DataError
+from ptlearn.files import apply_umask
 
 PathLike = str | os.PathLike
 
@@ -132,6 +133,7 @@ def write_jsonl(path: PathLike, records: Iterable[dict]) -> int:
                 handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
+        apply_umask(temp_name)
         os.replace(temp_name, path)
     except BaseException as err:
         pathlib.Path(temp_name).unlink(missing_ok=True)

@@ -1,0 +1,564 @@
+"""Prompt learning on a frozen GPT: `train_and_evaluate(config, workdir) -> runs.Run`
+(`ptlearn.train` in the public API; `python -m ptlearn.train` on the command line).
+
+Only prompt parameters train: ordered regex rules label every parameter, the gradient is taken
+with respect to the trainable partition alone, and the optimizer never sees frozen weights.
+The full training state (prompt parameters, optimizer, step, data position, RNG) is
+checkpointed at every validation, so a killed run resumes where it stopped. At the end the best
+state (by val_loss) is frozen into per-task prompt tables: `W/prompt_model/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import pathlib
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from ptlearn import (
+    distributed,
+    gpt,
+    masking,
+    optim,
+    predict,
+    prompted,
+    prompts,
+    runs,
+    sharding,
+)
+from ptlearn.checkpoints import file_checksum, resolve_model
+from ptlearn.checkpoints.prompt_model import PromptModel, save_prompt_model
+from ptlearn.checkpoints.train_state import TrainCheckpoints
+from ptlearn.data import batching
+from ptlearn.errors import ConfigError, DataError
+from ptlearn.files import write_text_atomic
+from ptlearn.run_log import RunLog
+from ptlearn.train_setup import Setup, init_prompt_params, setup
+
+__all__ = ["Setup", "init_prompt_params", "init_state", "setup", "train_and_evaluate"]
+
+logger = logging.getLogger(__name__)
+
+
+def freeze_rules(s: Setup) -> list[tuple[str, str]]:
+    """Existing tasks' tables frozen first, then the configured rules (first match wins)."""
+    existing = s.task_names[: len(s.task_names) - len(s.new_tasks)]
+    rules = [(f"prompt/tables/{task}", "frozen") for task in existing]
+    return rules + [tuple(rule) for rule in s.config.model.freeze_rules]
+
+
+def make_optimizer(config: ml_collections.ConfigDict, total_steps: int, labels: Any):
+    """The optimizer (with set_to_zero for frozen labels) and its learning-rate schedule."""
+    o = config.model.optim
+    schedule = optim.make_schedule(
+        o.sched.name,
+        lr=o.lr,
+        max_steps=total_steps,
+        warmup_steps=o.sched.warmup_steps,
+        constant_steps=o.sched.constant_steps,
+        min_lr=o.sched.min_lr,
+    )
+    tx = optim.make_optimizer(
+        o.name,
+        schedule,
+        weight_decay=o.weight_decay,
+        betas=tuple(o.betas),
+        eps=o.eps,
+        gradient_clip_val=config.trainer.gradient_clip_val,
+    )
+    return optim.with_frozen(tx, labels), schedule
+
+
+def init_state(s: Setup, steps: int) -> tuple[dict, Any, optax.GradientTransformation, Any]:
+    """(train state, frozen partition, optimizer, lr schedule) at step 0, placed on the mesh.
+
+    The state holds only what trains (trainable prompt leaves, their optimizer state, step,
+    data position, RNG); the frozen partition (the LM, restored tasks' tables) is built from
+    the base model and restore_path, never checkpointed and never handed to the optimizer.
+    Shardings come from the parameters' logical axes: the LM Megatron-style over the model
+    axis, prompts replicated (tpmlp's hidden split), the optimizer state like its parameters.
+    The base model's host weights move to the device: `s.loaded.params` is None afterwards.
+    """
+    if s.loaded.params is None:
+        raise ConfigError(
+            "init_state: this Setup's base-model weights already went to the device in an "
+            "earlier init_state; build a new Setup (train.setup) for another run"
+        )
+    init_rng, state_rng = jax.random.split(jax.random.key(s.config.model.seed))
+    boxed_prompt = init_prompt_params(s, init_rng)
+    shardings = {
+        "lm": prompted.lm_shardings(s.model.config, s.mesh, s.rules),
+        "prompt": sharding.logical_to_sharding(boxed_prompt, s.mesh, s.rules),
+    }
+    dtype = s.model.config.param_dtype
+    params = {
+        "lm": gpt.pack_params(
+            jax.tree_util.tree_map(lambda x: np.asarray(x, dtype), s.loaded.params)
+        ),
+        "prompt": jax.tree_util.tree_map(np.asarray, nn.meta.unbox(boxed_prompt)),
+    }
+    params = jax.device_put(params, shardings)
+    # The device copy is the model from here on (frozen["lm"]); the host copy would double it.
+    s.loaded.params = None
+    labels = masking.param_labels(params, freeze_rules(s))
+    trainable, frozen = masking.split(params, labels)
+    if any(leaf is not None for leaf in jax.tree_util.tree_leaves(trainable["lm"])):
+        raise ConfigError(
+            "model.freeze_rules make language-model weights trainable; only prompt parameters "
+            "train in ptlearn"
+        )
+    trainable_labels, _ = masking.split(labels, labels)
+    trainable_shardings, _ = masking.split(shardings, labels)
+    tx, schedule = make_optimizer(s.config, steps, trainable_labels)
+    replicated = NamedSharding(s.mesh, PartitionSpec())
+    opt_shardings = optax.tree_map_params(
+        tx,
+        lambda _, sharding_of_param: sharding_of_param,
+        jax.eval_shape(tx.init, trainable),
+        trainable_shardings,
+        transform_non_params=lambda _: replicated,
+    )
+    scalars = {
+        "step": np.int32(0),
+        "rng": np.asarray(jax.random.key_data(state_rng)),
+        "epoch": np.int32(0),
+        "batch_in_epoch": np.int32(0),
+    }
+    state = {
+        "trainable": trainable,
+        "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(trainable),
+        **jax.device_put(scalars, replicated),
+    }
+    return state, frozen, tx, schedule
+
+
+# --------------------------------------------------------------------------------------------
+# Steps
+
+
+def _tables(s: Setup, prompt_params: Any, *, train: bool, rng: jax.Array | None) -> jax.Array:
+    return prompts.prompt_tables(
+        prompt_params,
+        s.config.model.virtual_prompt_style,
+        s.encoder_config,
+        s.task_names,
+        train=train,
+        rng=rng,
+    )
+
+
+def make_train_step(s: Setup, tx: optax.GradientTransformation):
+    """A jitted step over one global batch [A, M, T] (A micro-batches of M rows each)."""
+
+    def loss_sum(trainable, frozen, micro, rng):
+        params = masking.merge(trainable, frozen)
+        tables = _tables(s, params["prompt"], train=True, rng=rng)
+        nll, mask = prompted.answer_nll(s.model, params["lm"], tables, micro)
+        return jnp.sum(nll), jnp.sum(mask)
+
+    value_and_grad = jax.value_and_grad(loss_sum, has_aux=True)
+
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def train_step(state, frozen, batch):
+        step_rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+
+        def accumulate(carry, micro_and_index):
+            grads, total, count = carry
+            micro, index = micro_and_index
+            rng = jax.random.fold_in(step_rng, index)
+            (nll_sum, n), g = value_and_grad(state["trainable"], frozen, micro, rng)
+            return (jax.tree_util.tree_map(jnp.add, grads, g), total + nll_sum, count + n), None
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, state["trainable"])
+        num_micro = batch["ids"].shape[0]
+        (grads, total, count), _ = jax.lax.scan(
+            accumulate, (zeros, jnp.float32(0), jnp.float32(0)), (batch, jnp.arange(num_micro))
+        )
+        # Sums over micro-batches, divided once: the mean over every counted token of the batch.
+        grads = jax.tree_util.tree_map(lambda g: g / jnp.maximum(count, 1.0), grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["trainable"])
+        new_state = {
+            **state,
+            "trainable": optax.apply_updates(state["trainable"], updates),
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+        }
+        stats = {
+            "loss": total / jnp.maximum(count, 1.0),
+            "grad_norm": optax.tree.norm(grads),
+            "loss_tokens": count,
+            "real_tokens": jnp.sum(batch["attention_mask"] * batch["weight"][..., None]),
+            "padded_tokens": jnp.float32(batch["ids"].size),
+        }
+        return new_state, stats
+
+    return train_step
+
+
+def make_eval_step(s: Setup):
+    """A jitted per-row (NLL sum, token count) over one validation batch [B, T]."""
+
+    @jax.jit
+    def eval_step(trainable, frozen, batch):
+        params = masking.merge(trainable, frozen)
+        tables = _tables(s, params["prompt"], train=False, rng=None)
+        nll, mask = prompted.answer_nll(s.model, params["lm"], tables, batch)
+        return jnp.sum(nll, axis=1), jnp.sum(mask, axis=1)
+
+    return eval_step
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+def _steps_per_epoch(s: Setup) -> int:
+    global_batch = s.config.model.global_batch_size
+    count = len(s.train_examples) // global_batch
+    if count == 0:
+        raise DataError(
+            f"model.data.train_ds: {len(s.train_examples)} usable examples, fewer than one "
+            f"global batch of {global_batch}; add data or lower model.global_batch_size"
+        )
+    return count
+
+
+def total_steps(s: Setup) -> int:
+    """trainer.max_steps, or max_epochs worth of whole global batches."""
+    if s.config.trainer.max_steps > 0:
+        return int(s.config.trainer.max_steps)
+    return int(s.config.trainer.max_epochs) * _steps_per_epoch(s)
+
+
+def _pad_id(s: Setup) -> int:
+    pad = s.loaded.tokenizer.pad_id
+    return pad if pad is not None else 0
+
+
+class Batches:
+    """The global batch at any (epoch, index): a pure function of seed and position."""
+
+    def __init__(self, s: Setup):
+        self.s = s
+        self.task_index = {t: i for i, t in enumerate(s.task_names)}
+        self.lengths = [len(e.ids) for e in s.train_examples]
+        self.per_epoch = _steps_per_epoch(s)
+        self._epoch: int | None = None
+        self._order: list[np.ndarray] = []
+        self.batch_sharding = sharding.batch_sharding(s.mesh, s.rules, micro_batched=True)
+        self.row_sharding = sharding.batch_sharding(s.mesh, s.rules)
+
+    def get(self, epoch: int, index: int) -> dict[str, jax.Array]:
+        """Global batch arrays [A, M, ...] on the mesh; this process collates only its rows."""
+        m = self.s.config.model
+        if epoch != self._epoch:
+            self._order = batching.epoch_batches(
+                self.lengths,
+                m.global_batch_size,
+                seed=m.data.seed,
+                epoch=epoch,
+                shuffle=m.data.shuffle,
+            )
+            self._epoch = epoch
+        order = self._order[index]
+        grid = order.reshape(self.s.accumulation, -1)  # [A, M]: micro-batches of the step
+        rows = distributed.process_batch_slice(grid.shape[1], sharding=self.row_sharding)
+        examples = [self.s.train_examples[i] for i in order]
+        # Shapes come from the whole global batch, so every process builds the same ones.
+        length, num_targets = batching.batch_shape(examples, m.max_seq_length)
+        local = grid[:, rows]
+        batch = batching.collate(
+            [self.s.train_examples[i] for i in local.reshape(-1)],
+            self.task_index,
+            batch_size=local.size,
+            max_length=m.max_seq_length,
+            pad_id=_pad_id(self.s),
+            length=length,
+            num_targets=num_targets,
+        )
+        batch = batching.split_micro_batches(batch, self.s.accumulation)
+        return distributed.host_local_to_global(batch, self.s.mesh, self.batch_sharding)
+
+
+def validate_loss(
+    s: Setup, eval_step, trainable, frozen, examples=None, prefix: str = "val"
+) -> dict[str, float]:
+    """`{prefix}_loss` over `examples` (default: the validation set; token-weighted), and per
+    task when there are several."""
+    examples = s.val_examples if examples is None else examples
+    if not examples:
+        return {}
+    task_index = {t: i for i, t in enumerate(s.task_names)}
+    size = s.config.model.micro_batch_size
+    limit = s.config.trainer.limit_val_batches if prefix == "val" else 0
+    examples = sorted(examples, key=lambda e: len(e.ids))
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for number, start in enumerate(range(0, len(examples), size)):
+        if limit and number >= limit:
+            break
+        chunk = examples[start : start + size]
+        batch = batching.collate(
+            chunk,
+            task_index,
+            batch_size=size,
+            max_length=s.config.model.max_seq_length,
+            pad_id=_pad_id(s),
+        )
+        nll, count = distributed.to_host(eval_step(trainable, frozen, batch))
+        for example, row_nll, row_count in zip(chunk, nll, count, strict=False):
+            sums[example.taskname] = sums.get(example.taskname, 0.0) + float(row_nll)
+            counts[example.taskname] = counts.get(example.taskname, 0.0) + float(row_count)
+    result = {f"{prefix}_loss": sum(sums.values()) / max(sum(counts.values()), 1.0)}
+    if len(sums) > 1:
+        result.update({f"{prefix}_loss/{t}": sums[t] / max(counts[t], 1.0) for t in sums})
+    return result
+
+
+def frozen_tables(s: Setup, prompt_params: Any) -> dict[str, np.ndarray]:
+    """Per-task [P, E] tables for serving (p-tuning's encoder output frozen)."""
+    frozen = prompts.freeze_to_tables(prompt_params, s.encoder_config, s.task_names)
+    return {t: np.asarray(v, np.float32) for t, v in distributed.to_host(frozen["tables"]).items()}
+
+
+def validate_tasks(
+    s: Setup,
+    lm_params: Any,
+    tables: Mapping[str, np.ndarray],
+    records: Sequence[tuple[int, dict]] | None = None,
+    prefix: str = "val",
+) -> dict[str, float]:
+    """Task metrics (SPEC section 5) as `{prefix}_{task}/{metric}`: by default on the first
+    `validation_metric_examples` validation records, by generation (or rank classification
+    when inference.rank_classification)."""
+    if records is None:
+        limit = s.config.model.data.validation_metric_examples
+        records = s.val_records[:limit] if limit else []
+    if not records:
+        return {}
+    lm = predict.PromptedLM(
+        config=s.model.config,
+        lm_params=lm_params,
+        tables=prompted.stack_tables(tables, s.task_names),
+        task_names=s.task_names,
+        templates=s.templates,
+        tokenizer=s.loaded.tokenizer,
+        max_seq_length=s.config.model.max_seq_length,
+        add_bos=s.config.model.data.add_bos,
+        add_eos=s.config.model.data.add_eos,
+    )
+    predictions = predict.predict_records(lm, records, s.config.inference, label_sets=s.label_sets)
+    flat = {}
+    for task, values in predict.score(lm, records, predictions).items():
+        flat.update({f"{prefix}_{task}/{k}": v for k, v in values.items()})
+    return flat
+
+
+def write_prompt_model(
+    s: Setup, prompt_params: Any, directory: pathlib.Path, info: dict, record: dict
+) -> None:
+    """The prompt-only artifact: tables, templates, base-model and tokenizer references."""
+    spec = s.config.model.language_model_path
+    path = resolve_model(spec)
+    tok = s.loaded.tokenizer
+    save_prompt_model(
+        directory,
+        PromptModel(
+            tables=frozen_tables(s, prompt_params),
+            templates=[s.templates[t].to_dict() for t in s.task_names],
+            base_model={
+                "spec": spec,
+                "file": path.name,
+                "sha256": file_checksum(path),
+                "config": dataclasses.asdict(s.loaded.config),
+            },
+            tokenizer={
+                "source": str(path),
+                "vocab_size": tok.vocab_size,
+                "bos_id": tok.bos_id,
+                "eos_id": tok.eos_id,
+                "pad_id": tok.pad_id,
+            },
+            encoding={
+                "add_eos": bool(s.config.model.data.add_eos),
+                "add_bos": bool(s.config.model.data.add_bos),
+                "max_seq_length": int(s.config.model.max_seq_length),
+            },
+            label_sets=s.label_sets,
+            training={"virtual_prompt_style": s.config.model.virtual_prompt_style, **info},
+            run_record=record,
+        ),
+    )
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+) -> runs.Run:
+    """Trains the new tasks' prompts; writes the run record, checkpoints, metrics, the prompt
+    model and the test split's metrics; returns the Run.
+
+    A workdir that holds a run under another config is refused (naming the changed keys)
+    unless `allow_config_change`; one that holds this config's run resumes it.
+    """
+    started = time.time()
+    workdir_path = pathlib.Path(config.exp_manager.explicit_log_dir or workdir)
+    s = setup(config)
+    if distributed.is_writer():
+        runs.start_record(
+            workdir_path, runs.run_record(config), allow_config_change=allow_config_change
+        )
+    trainer = config.trainer
+    steps = total_steps(s)
+    state, frozen, tx, schedule = init_state(s, steps)
+    monitor = config.exp_manager.checkpoint_callback_params
+    checkpoints = TrainCheckpoints(
+        workdir_path / "checkpoints",
+        save_top_k=monitor.save_top_k,
+        monitor=monitor.monitor,
+        mode=monitor.mode,
+    )
+    resume_from = trainer.resume_from_checkpoint
+    if config.exp_manager.resume_if_exists and checkpoints.latest_step() is not None:
+        state = checkpoints.restore(state)
+        logger.info("resumed from %s at step %d", checkpoints.directory, int(state["step"]))
+    elif resume_from:
+        state = TrainCheckpoints(
+            resume_from, save_top_k=1, monitor=monitor.monitor, mode=monitor.mode
+        ).restore(state)
+    log = RunLog(workdir_path, total_steps=steps, enabled=distributed.is_writer(), started=started)
+    try:
+        # Jitted steps are traced under the mesh's axis rules (the activation constraints).
+        with sharding.activate(s.mesh, s.rules):
+            state, step, stopped = _train_loop(
+                s, state, frozen, tx, schedule, checkpoints, log, steps
+            )
+            checkpoints.wait()
+            return _finish(s, state, frozen, checkpoints, workdir_path, step, stopped, log)
+    finally:
+        log.close()
+        checkpoints.close()
+
+
+def _train_loop(s, state, frozen, tx, schedule, checkpoints, log, steps):
+    """Steps from the state's position to `steps` (or the time limit); returns the last state,
+    its step and why it stopped early (None when it ran to `steps`)."""
+    trainer = s.config.trainer
+    train_step = make_train_step(s, tx)
+    eval_step = make_eval_step(s)
+    batches = Batches(s)
+    replicated = NamedSharding(s.mesh, PartitionSpec())
+    deadline = time.time() + trainer.max_time_minutes * 60 if trainer.max_time_minutes else None
+    step = int(state["step"])
+    epoch, index = int(state["epoch"]), int(state["batch_in_epoch"])
+    pending: list[dict] = []  # device scalars, fetched only when logging (no per-step sync)
+    window_start = time.time()
+    while step < steps:
+        state, stats = train_step(state, frozen, batches.get(epoch, index))
+        step, index = step + 1, index + 1
+        if index == batches.per_epoch:
+            epoch, index = epoch + 1, 0
+        position = {"epoch": np.int32(epoch), "batch_in_epoch": np.int32(index)}
+        state.update(jax.device_put(position, replicated))
+        pending.append(stats)
+        timed_out = deadline is not None and time.time() > deadline
+        if step % trainer.log_every_n_steps == 0 or step == steps or timed_out:
+            values = _step_log(distributed.to_host(pending), time.time() - window_start)
+            values.update(lr=float(schedule(step - 1)), epoch=epoch)
+            log.write(step, values)
+            log.progress(step, values)
+            pending, window_start = [], time.time()
+        if step % trainer.val_check_interval == 0 or step == steps or timed_out:
+            _validate_and_save(s, state, frozen, eval_step, checkpoints, log, step)
+            window_start = time.time()  # validation time is not training throughput
+        if timed_out:
+            logger.warning(
+                "trainer.max_time_minutes=%s reached at step %d of %d: stopping",
+                trainer.max_time_minutes,
+                step,
+                steps,
+            )
+            log.write(step, {"stopped": "max_time_minutes", "max_steps": steps})
+            return state, step, "max_time_minutes"
+    return state, step, None
+
+
+def _step_log(fetched: list[dict], elapsed: float) -> dict[str, float]:
+    def total(key: str) -> float:
+        return float(sum(float(x[key]) for x in fetched))
+
+    return {
+        "loss": float(np.mean([x["loss"] for x in fetched])),
+        "grad_norm": float(fetched[-1]["grad_norm"]),
+        "tokens_per_s": total("padded_tokens") / elapsed,
+        "real_tokens_per_s": total("real_tokens") / elapsed,
+        "loss_tokens_per_s": total("loss_tokens") / elapsed,
+        "steps_per_s": len(fetched) / elapsed,
+    }
+
+
+def _validate_and_save(s, state, frozen, eval_step, checkpoints, log, step) -> None:
+    """val_loss (+ task metrics), then the checkpoint (latest, and best candidate)."""
+    start = time.time()
+    values = validate_loss(s, eval_step, state["trainable"], frozen)
+    params = masking.merge(state["trainable"], frozen)
+    values.update(validate_tasks(s, params["lm"], frozen_tables(s, params["prompt"])))
+    if values:
+        values["val_time_s"] = time.time() - start
+        log.write(step, values)
+        logger.info("step %d: %s", step, {k: round(v, 4) for k, v in values.items()})
+    checkpoints.save(step, state, {k: float(v) for k, v in values.items()} or None)
+
+
+def _finish(s, state, frozen, checkpoints, workdir, step, stopped, log) -> runs.Run:
+    """Restores the best state by the monitored metric, writes the prompt model from it,
+    scores the test split with it, and writes the run's result."""
+    best = checkpoints.best_step()
+    if best is not None and best != step:
+        state = checkpoints.restore(state, best, best=True)
+        logger.info("prompt model from the best checkpoint (step %d)", best)
+    params = masking.merge(state["trainable"], frozen)
+    directory = pathlib.Path(s.config.model.nemo_path or workdir / "prompt_model")
+    info = {"step": int(state["step"]), "best_step": best, "final_step": step}
+    record = runs.run_record(s.config)
+    if distributed.is_writer():
+        write_prompt_model(s, params["prompt"], directory, info, record)
+        logger.info("wrote %s", directory)
+    test = validate_loss(
+        s, make_eval_step(s), state["trainable"], frozen, s.test_examples, prefix="test"
+    )
+    test.update(
+        validate_tasks(
+            s, params["lm"], frozen_tables(s, params["prompt"]), s.test_records, prefix="test"
+        )
+    )
+    trainable = sum(
+        int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state["trainable"]["prompt"])
+    )
+    run = runs.summarise(
+        workdir,
+        prompt_model=str(directory),
+        final_step=step,
+        best_step=best,
+        test=test,
+        wall_time_s=log.elapsed,
+        trainable_parameters=trainable,
+        stopped=stopped,
+    )
+    if distributed.is_writer():
+        if test:
+            write_text_atomic(workdir / runs.TEST_METRICS_FILE, json.dumps(test, indent=1) + "\n")
+            logger.info("test: %s", {k: round(v, 4) for k, v in test.items()})
+        runs.finish(run)
+    return run

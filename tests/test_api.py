@@ -1,0 +1,165 @@
+"""The public Python API (load_config, train, load -> PromptedLM) and the CLI are one run."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import ptlearn
+from ptlearn.data import toy
+from ptlearn.data.jsonl import write_jsonl
+from ptlearn.errors import ConfigError, PtlearnError
+
+# A shipped config on the shipped tiny model: a few seconds per run.
+ARG = "model=tiny,steps=4,virtual=4,init=vocab"
+OVERRIDES = {
+    "model.optim.lr": 0.05,
+    "model.optim.sched.warmup_steps": 1,
+    "model.global_batch_size": 8,
+    "model.micro_batch_size": 8,
+    "model.max_seq_length": 64,
+    "trainer.val_check_interval": 2,
+    "model.data.validation_metric_examples": 4,
+    "inference.tokens_to_generate": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("toy")
+    for split, records in toy.splits().items():
+        write_jsonl(folder / f"{split}.jsonl", records)
+    return folder
+
+
+def _config(data, **extra):
+    return ptlearn.load_config(
+        "sentiment_prompt_tuning", f"{ARG},data={data}", **{**OVERRIDES, **extra}
+    )
+
+
+def _cli(args, **env):
+    return subprocess.run(
+        [sys.executable, "-m", "ptlearn.train", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=600,
+    )
+
+
+def _cli_flags(data, **extra):
+    values = {**OVERRIDES, **extra}
+    return [f"--config=sentiment_prompt_tuning:{ARG},data={data}"] + [
+        f"--config.{k}={v}" for k, v in values.items()
+    ]
+
+
+def test_load_config_by_name_path_and_arg_is_locked(toy_data):
+    by_name = _config(toy_data)
+    assert by_name.model.optim.lr == 0.05 and by_name.model.language_model_path == "tiny"
+    assert by_name.model.task_templates[0].total_virtual_tokens == 4
+    assert tuple(by_name.model.task_templates[0].virtual_token_splits) == (4,)
+    by_path = ptlearn.load_config(
+        f"configs/sentiment_prompt_tuning.py:{ARG},data={toy_data}", **OVERRIDES
+    )
+    assert by_path.to_dict() == by_name.to_dict()
+    with pytest.raises(ConfigError, match="model.optim.lrr"):
+        ptlearn.load_config("sentiment_prompt_tuning", **{"model.optim.lrr": 1.0})
+    with pytest.raises(ConfigError, match="model.optim.lr"):
+        ptlearn.load_config("sentiment_prompt_tuning", **{"model.optim.lr": "fast"})
+    with pytest.raises(ConfigError, match="no shipped config"):
+        ptlearn.load_config("no_such_config")
+    with pytest.raises(AttributeError):
+        by_name.model.new_key = 1  # locked, as on the command line
+
+
+def test_train_and_cli_give_bitwise_the_same_prompt_and_records(toy_data, tmp_path):
+    run = ptlearn.train(_config(toy_data), tmp_path / "api")
+    assert isinstance(run, ptlearn.Run)
+    assert run.final_step == 4 and run.best_step in (2, 4) and run.stopped is None
+    assert [r["step"] for r in run.history if "loss" in r] == [4]  # log_every_n_steps=10
+    assert "val_loss" in run.best and run.best["step"] == run.best_step
+    assert {"test_loss", "test_sentiment/accuracy"} <= set(run.test)
+    assert run.trainable_parameters == 4 * 64 and run.wall_time_s > 0
+    assert json.loads((tmp_path / "api" / "test_metrics.json").read_text()) == run.test
+
+    proc = _cli([*_cli_flags(toy_data), f"--workdir={tmp_path / 'cli'}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["final_step"] == 4 and summary["test"].keys() == run.test.keys()
+    tables = [
+        load_file(str(tmp_path / w / "prompt_model/prompt_tables.safetensors"))
+        for w in ("api", "cli")
+    ]
+    np.testing.assert_array_equal(tables[0]["sentiment"], tables[1]["sentiment"])
+    configs = [json.loads((tmp_path / w / "config.json").read_text()) for w in ("api", "cli")]
+    assert configs[0] == configs[1]
+    # No INFO noise from orbax / absl by default: ptlearn's own lines only.
+    assert "checkpoint_manager" not in proc.stderr and "step 4/4" in proc.stderr
+
+    record = json.loads((tmp_path / "api" / "run_record.json").read_text())
+    assert record["config"] == configs[0] and record["versions"]["jax"]
+    assert set(record["data"]) == {str(toy_data / f"{s}.jsonl") for s in ("train", "val", "test")}
+    assert "model.optim.lr = 0.05" in (tmp_path / "api" / "config.txt").read_text()
+    artifact = json.loads((tmp_path / "api" / "prompt_model" / "prompt_model.json").read_text())
+    assert artifact["run_record"]["config"] == configs[0]
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (tmp_path / "api").rglob("*"):
+        if path.is_file() and "checkpoints" not in path.parts:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+
+
+def test_rerun_under_a_changed_config_names_the_key(toy_data, tmp_path):
+    workdir = tmp_path / "w"
+    first = _cli([*_cli_flags(toy_data), f"--workdir={workdir}"])
+    assert first.returncode == 0, first.stderr[-2000:]
+    changed = _cli([*_cli_flags(toy_data, **{"model.optim.lr": 0.01}), f"--workdir={workdir}"])
+    assert changed.returncode == 2
+    (line,) = [x for x in changed.stderr.splitlines() if x.startswith("error:")]
+    assert "model.optim.lr: 0.05 -> 0.01" in line and "--allow_config_change" in line
+    assert "Traceback" not in changed.stderr
+    allowed = _cli(
+        [*_cli_flags(toy_data, **{"model.optim.lr": 0.01}), f"--workdir={workdir}"]
+        + ["--allow_config_change"]
+    )
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    assert len(list(workdir.glob("config.*.json"))) == 1  # the old config kept beside
+    typo = _cli([*_cli_flags(toy_data), "--config.model.optim.lrr=1", f"--workdir={workdir}"])
+    assert typo.returncode == 2 and typo.stderr.strip().splitlines()[-1] == (
+        "error: --config.model.optim.lrr: no such config key 'lrr' (Did you mean \"lr\"?)"
+    )
+
+
+def test_time_limit_stop_is_recorded(toy_data, tmp_path):
+    config = _config(toy_data, **{"trainer.max_steps": 1000, "trainer.max_time_minutes": 1e-4})
+    run = ptlearn.train(config, tmp_path)
+    assert run.stopped == "max_time_minutes" and run.final_step < 1000
+    assert any(r.get("stopped") == "max_time_minutes" for r in run.history)
+
+
+def test_prompted_lm_predict_rank_generate_evaluate(toy_data, tmp_path):
+    run = ptlearn.train(_config(toy_data), tmp_path)
+    lm = ptlearn.load(run.prompt_model)
+    assert len(lm.predict(["profit rose", "sales fell"], task="sentiment")) == 2
+    records = toy.sentences(6, 7)
+    ranked = lm.rank(records)
+    assert len(ranked) == 6 and set(ranked) <= set(toy.LABELS)
+    assert lm.rank([r["sentence"] for r in records], task="sentiment") == ranked
+    (text,) = lm.generate(["profit"], tokens_to_generate=4)
+    assert isinstance(text, str)
+    scores = lm.evaluate(records, rank_classification=True)
+    expected = np.mean([p == r["label"] for p, r in zip(ranked, records, strict=True)])
+    assert scores["sentiment"]["accuracy"] == pytest.approx(expected)
+    with pytest.raises(PtlearnError, match="name its task"):
+        lm.predict(["profit rose"])
+    with pytest.raises(PtlearnError, match="not in this prompt model"):
+        lm.predict(["x"], task="squad")
+    with pytest.raises(ConfigError, match="tokens_to_generat"):
+        lm.predict(["x"], task="sentiment", tokens_to_generat=3)
