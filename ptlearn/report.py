@@ -1,0 +1,250 @@
+"""Tables and plots of a sweep (or of one run): `python -m ptlearn.report W`.
+
+Writes into W:
+- `arms.csv`: one row per arm: its settings, status, steps, wall time, trainable parameters and
+  every final / best / test metric;
+- `results.csv` and `results.md`: one row per setting (the arms that differ only in their
+  seeds together): mean and standard deviation over the seeds of every metric, steps and wall
+  time, and how many seeds finished;
+- `plot_<axis>.png` for each swept axis with more than one value: that axis against the
+  headline metrics, mean with standard-deviation error bars, one line per other setting;
+- `curves.png`: training loss and validation loss against the step, one line per arm.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+from ptlearn import runs
+from ptlearn.errors import ConfigError
+from ptlearn.run_log import read_metrics
+
+# Row keys that are bookkeeping, not results: left out of the tables.
+NOT_METRICS = ("step", "epoch", "lr", "elapsed_s", "val_time_s", "grad_norm", "stopped")
+
+
+def _is_seed(axis: str) -> bool:
+    return axis == "seed" or axis.endswith(".seed")
+
+
+def _metrics(prefix: str, row: dict[str, Any], keep) -> dict[str, float]:
+    return {
+        f"{prefix}{k}": float(v)
+        for k, v in row.items()
+        if keep(k)
+        and k not in NOT_METRICS
+        and not k.endswith(("/n", "tokens_per_s", "steps_per_s"))
+        and isinstance(v, int | float)
+    }
+
+
+def arm_rows(workdir: pathlib.Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """(one dict per arm: settings, status and results; the sweep's axes)."""
+    state_path = workdir / "sweep.json"
+    if state_path.is_file():
+        state = json.loads(state_path.read_text())
+        arms, axes = state["arms"], list(state["axes"])
+    elif (workdir / runs.RESULT_FILE).is_file():
+        arms, axes = [{"name": ".", "settings": {}, "status": "finished"}], []
+    else:
+        raise ConfigError(f"{workdir}: neither a sweep (sweep.json) nor a finished run")
+    rows = []
+    for arm in arms:
+        folder = workdir / arm["name"]
+        row: dict[str, Any] = {"arm": arm["name"], **arm["settings"], "status": arm["status"]}
+        if runs.is_finished(folder):
+            run = runs.Run.from_workdir(folder)
+            row.update(
+                status="finished",
+                steps=run.final_step,
+                best_step=run.best_step,
+                wall_time_min=run.wall_time_s / 60,
+                trainable_parameters=run.trainable_parameters,
+            )
+            row.update(_metrics("final/", run.final, lambda k: k == "loss" or k.startswith("val_")))
+            row.update(_metrics("best/", run.best, lambda k: k.startswith("val_")))
+            row.update(_metrics("test/", run.test, lambda k: True))
+        else:
+            row["error"] = arm.get("error", "")
+        rows.append(row)
+    return rows, axes
+
+
+def aggregate(arms: Any, axes: Sequence[str]) -> Any:
+    """One row per setting of the non-seed axes: `<col>_mean`, `<col>_std`, `seeds`."""
+    finished = arms[arms["status"] == "finished"]
+    keys = [a for a in axes if not _is_seed(a)]
+    values = [c for c in finished.columns if c not in (*axes, "arm", "status", "error")]
+    values = [c for c in values if finished[c].dtype.kind in "fiu"]
+    if keys:
+        grouped = finished.groupby(keys, sort=False, dropna=False)[values]
+    else:
+        grouped = finished.assign(_all=0).groupby("_all")[values]
+    table = grouped.agg(["mean", "std"])
+    table.columns = [f"{c}_{s}" for c, s in table.columns]
+    table["seeds"] = grouped.size()
+    return table.reset_index().drop(columns="_all", errors="ignore")
+
+
+def _markdown(table: Any, axes: Sequence[str]) -> str:
+    """mean ± std cells; the columns that vary only."""
+    import pandas as pd
+
+    keys = [a for a in axes if not _is_seed(a)]
+    shown = pd.DataFrame({k: table[k] for k in keys})
+    for column in [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]:
+        mean, std = table[f"{column}_mean"], table[f"{column}_std"]
+        digits = 0 if column in ("steps", "best_step", "trainable_parameters") else 4
+        if column == "wall_time_min":
+            digits = 1
+        shown[column] = [
+            f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if s > 0 else "")
+            for m, s in zip(mean, std, strict=True)
+        ]
+    shown["seeds"] = table["seeds"]
+    return shown.to_markdown(index=False)
+
+
+def headline_metrics(table: Any) -> list[str]:
+    """The metrics the plots show: test task metrics (else best validation ones), and loss."""
+    means = [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]
+    for prefix in ("test/test_", "best/val_"):
+        task = [m for m in means if m.startswith(prefix) and "/" in m[len(prefix) :]]
+        loss = [m for m in means if m == f"{prefix}loss"]
+        if task or loss:
+            return (task + loss)[:4]
+    return [m for m in means if m == "final/loss"]
+
+
+def plot_axis(table: Any, axis: str, axes: Sequence[str], path: pathlib.Path) -> None:
+    """`axis` against the headline metrics, error bars of one standard deviation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = headline_metrics(table)
+    others = [a for a in axes if a != axis and not _is_seed(a)]
+    fig, panels = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6), squeeze=False)
+    groups = table.groupby(others, sort=False) if others else [((), table)]
+    for panel, metric in zip(panels[0], metrics, strict=True):
+        for key, group in groups:
+            label = ", ".join(f"{a}={v}" for a, v in zip(others, _tuple(key), strict=True))
+            numeric = group[axis].map(lambda v: isinstance(v, int | float)).all()
+            x = group[axis] if numeric else group[axis].astype(str)
+            panel.errorbar(
+                x,
+                group[f"{metric}_mean"],
+                yerr=group[f"{metric}_std"].fillna(0),
+                marker="o",
+                capsize=3,
+                label=label or None,
+            )
+            if numeric and group[axis].min() > 0 and group[axis].max() / group[axis].min() >= 20:
+                panel.set_xscale("log")
+        panel.set_xlabel(axis)
+        panel.set_title(metric)
+        panel.grid(alpha=0.3)
+        if others:
+            panel.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _tuple(key: Any) -> tuple:
+    return key if isinstance(key, tuple) else (key,)
+
+
+def plot_curves(workdir: pathlib.Path, arms: Any, path: pathlib.Path) -> None:
+    """Training loss and validation loss against the step, one line per finished arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name in arms.loc[arms["status"] == "finished", "arm"]:
+        history = read_metrics(workdir / name)
+        train = [(r["step"], r["loss"]) for r in history if "loss" in r]
+        val = [(r["step"], r["val_loss"]) for r in history if "val_loss" in r]
+        for panel, points in ((left, train), (right, val)):
+            if points:
+                panel.plot(
+                    *zip(*points, strict=True), marker="." if panel is right else None, label=name
+                )
+    for panel, title in ((left, "training loss"), (right, "validation loss")):
+        panel.set_xlabel("step")
+        panel.set_title(title)
+        panel.grid(alpha=0.3)
+    if len(arms) <= 24:
+        right.legend(fontsize=6, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(workdir: str | pathlib.Path) -> dict[str, str]:
+    """Writes arms.csv, results.csv, results.md and the plots; returns {what: path}."""
+    import pandas as pd
+
+    workdir = pathlib.Path(workdir)
+    rows, axes = arm_rows(workdir)
+    arms = pd.DataFrame(rows)
+    written = {"arms": str(workdir / "arms.csv")}
+    arms.to_csv(written["arms"], index=False)
+    failed = arms[arms["status"] != "finished"]
+    lines = [f"# Results: {workdir.name}", ""]
+    if (arms["status"] == "finished").any():
+        table = aggregate(arms, axes)
+        table.to_csv(workdir / "results.csv", index=False)
+        written["results"] = str(workdir / "results.csv")
+        lines += [
+            "Mean ± standard deviation over seeds (sample std; none shown when zero or with one "
+            "seed). "
+            "`best/` is the validation at the checkpoint the prompt model comes from, `test/` "
+            "that prompt model on the test split, `final/` the last step.",
+            "",
+            _markdown(table, axes),
+            "",
+        ]
+        swept = [a for a in axes if not _is_seed(a) and table[a].nunique() > 1]
+        for axis in swept:
+            path = workdir / f"plot_{axis.replace('/', '_')}.png"
+            plot_axis(table, axis, axes, path)
+            written[f"plot_{axis}"] = str(path)
+            lines.append(f"![{axis}]({path.name})")
+        plot_curves(workdir, arms, workdir / "curves.png")
+        written["curves"] = str(workdir / "curves.png")
+        lines += ["![training and validation curves](curves.png)", ""]
+    if len(failed):
+        lines += ["## Arms not finished", ""]
+        lines += [
+            f"- `{r.arm}`: {r.status} {getattr(r, 'error', '') or ''}" for r in failed.itertuples()
+        ]
+        lines.append("")
+    (workdir / "results.md").write_text("\n".join(lines))
+    written["markdown"] = str(workdir / "results.md")
+    return written
+
+
+def main(argv: Sequence[str]) -> None:
+    """Writes the report of each folder named on the command line; prints {what: path}."""
+    from ptlearn import cli
+
+    folders = argv[1:]
+    if not folders:
+        cli.fail("give the sweep (or run) folder: python -m ptlearn.report W")
+    for folder in folders:
+        if not pathlib.Path(folder).is_dir():
+            cli.fail(f"{folder}: no such folder")
+        cli.print_json(write_report(folder))
+
+
+if __name__ == "__main__":
+    from ptlearn import cli
+
+    cli.run(main)

@@ -1,0 +1,309 @@
+"""Run every arm of a config's sweep (`get_hyper(h)`, see `ptlearn.hyper`), then report.
+
+  python -m ptlearn.sweep --config=FILE_OR_NAME[:arg] --workdir=W [--config.a.b=v ...] \
+      [--sweep.NAME=v1,v2 ...] [--parallel=N]
+
+Each arm trains in its own workdir `W/<name=value,...>` as its own `python -m ptlearn.train`
+process, so an arm is exactly the command recorded for it in `W/sweep.json`. A rerun skips arms
+that finished, resumes an interrupted arm from its checkpoint, and retries failed ones; a
+failing arm is recorded and the others go on. `--sweep.NAME=v1,v2` replaces (or narrows) the
+declared values of axis NAME, or adds it. At the end `ptlearn.report` writes W/results.{csv,md}
+and plots.
+
+Several arms at once (`--parallel=N`): on a machine with N or more GPUs each running arm gets
+its own disjoint share of them (CUDA_VISIBLE_DEVICES), so arms never contend for a device. On
+CPU the arms would share the cores and slow each other (and their timings) down, so there
+`--parallel` above 1 is refused: one arm after another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ptlearn import config_lib, hyper, runs
+from ptlearn.errors import ConfigError
+from ptlearn.files import write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+SWEEP_FILE = "sweep.json"
+ARM_LOG = "train.log"
+SWEEP_FLAG = "--sweep."
+
+
+@dataclasses.dataclass
+class Arm:
+    """One arm: its workdir name, its settings, and the train command that runs it."""
+
+    name: str
+    settings: dict[str, Any]
+    command: list[str]
+    config: dict[str, Any]  # the resolved config (runs.config_dict), to check its workdir
+    status: str = "pending"  # pending | running | finished | failed
+    error: str = ""
+
+
+def split_sweep_flags(argv: Sequence[str]) -> tuple[dict[str, list[Any]], list[str]]:
+    """Pulls `--sweep.NAME=v1,v2` out of argv -> ({NAME: values}, the other arguments)."""
+    replaced: dict[str, list[Any]] = {}
+    rest = []
+    for item in argv:
+        if item.startswith(SWEEP_FLAG):
+            name, sep, values = item[len(SWEEP_FLAG) :].partition("=")
+            if not name or not sep:
+                raise ConfigError(f"{item}: write --sweep.NAME=v1,v2")
+            replaced[name] = hyper.parse_values(values)
+        else:
+            rest.append(item)
+    return replaced, rest
+
+
+def arm_name(settings: Mapping[str, Any]) -> str:
+    """`{"virtual": 5, "model.seed": 0}` -> "virtual=5,seed=0" (a folder name)."""
+    short = {k: k.removeprefix("model.") for k in settings}
+    if len(set(short.values())) < len(short):
+        short = {k: k for k in settings}
+    parts = [f"{short[k]}={_flag_value(v)}" for k, v in settings.items()]
+    name = ",".join(parts).replace("/", "_").replace(" ", "")
+    return name or "run"
+
+
+def _flag_value(value: Any) -> str:
+    """A value as config_flags reads it back."""
+    return value if isinstance(value, str) else repr(value)
+
+
+def _merged_arg(base: str | None, settings: Mapping[str, Any]) -> str:
+    pairs = dict(item.partition("=")[::2] for item in (base or "").split(",") if item)
+    pairs.update({k: _flag_value(v) for k, v in settings.items() if "." not in k})
+    return ",".join(f"{k}={v}" for k, v in pairs.items())
+
+
+def plan(
+    config_spec: str,
+    workdir: pathlib.Path,
+    overrides: Mapping[str, Any],
+    replaced: Mapping[str, Sequence[Any]],
+) -> list[Arm]:
+    """The arms of `config_spec`'s sweep, each config resolved (a bad axis fails here)."""
+    name, _, base_arg = config_spec.partition(":")
+    path = config_lib.config_file(name)
+    arms = []
+    for settings in hyper.expand(config_lib.load_config_module(name), dict(replaced)):
+        keys = {k: v for k, v in settings.items() if "." in k}
+        both = sorted(set(keys) & set(overrides))
+        if both:
+            raise ConfigError(
+                f"--config.{both[0]} is also a sweep axis; fix it with --sweep.{both[0]}=VALUE"
+            )
+        arg = _merged_arg(base_arg, settings)
+        try:
+            config = config_lib.load_config(str(path), arg or None, **overrides, **keys)
+        except ConfigError as err:
+            raise ConfigError(f"sweep arm {arm_name(settings)}: {err}") from None
+        folder = workdir / arm_name(settings)
+        command = [
+            sys.executable,
+            "-m",
+            "ptlearn.train",
+            f"--config={path}" + (f":{arg}" if arg else ""),
+            f"--workdir={folder}",
+            *(f"--config.{k}={_flag_value(v)}" for k, v in {**overrides, **keys}.items()),
+        ]
+        arms.append(Arm(arm_name(settings), dict(settings), command, runs.config_dict(config)))
+    return arms
+
+
+def _conflict(arm: Arm, folder: pathlib.Path) -> str:
+    """Why the arm's workdir holds another run ("" when it holds none or this one)."""
+    path = folder / runs.CONFIG_FILE
+    if not path.is_file():
+        return ""
+    try:
+        changed = runs.changed_keys(json.loads(path.read_text()), arm.config)
+    except json.JSONDecodeError:
+        return f"{path} is damaged"
+    if changed:
+        return f"{folder} holds a run under another config ({', '.join(changed[:4])})"
+    return ""
+
+
+def _last_error(log: pathlib.Path) -> str:
+    lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+    errors = [x for x in lines if x.startswith("error:")]
+    return (errors or lines or ["(no output)"])[-1][:500]
+
+
+def _die_with_parent() -> None:
+    """In the arm's process: SIGTERM when the sweep dies (even by kill -9), so an orphan
+    never trains on while a rerun of the sweep resumes the same workdir."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def device_groups(parallel: int) -> list[dict[str, str]]:
+    """Per concurrent arm, the environment that gives it its share of the GPUs."""
+    if parallel <= 1:
+        return [{}]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = [d for d in visible.split(",") if d.strip()]
+    elif shutil.which("nvidia-smi"):
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+        gpus = [str(i) for i, x in enumerate(listing.stdout.splitlines()) if x.startswith("GPU")]
+    else:
+        gpus = []
+    if len(gpus) < parallel:
+        raise ConfigError(
+            f"--parallel={parallel}: this machine shows {len(gpus)} GPUs; arms running at once "
+            "each need their own (on CPU they would share the cores), so use --parallel=1"
+        )
+    share = len(gpus) // parallel
+    return [
+        {"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * share : (i + 1) * share])}
+        for i in range(parallel)
+    ]
+
+
+def _write_state(workdir: pathlib.Path, header: Mapping[str, Any], arms: list[Arm]) -> None:
+    body = {
+        **header,
+        "arms": [{k: v for k, v in dataclasses.asdict(a).items() if k != "config"} for a in arms],
+    }
+    write_text_atomic(workdir / SWEEP_FILE, json.dumps(body, indent=1) + "\n")
+
+
+def run_sweep(
+    config_spec: str,
+    workdir: str | pathlib.Path,
+    overrides: Mapping[str, Any] | None = None,
+    replaced: Mapping[str, Sequence[Any]] | None = None,
+    *,
+    parallel: int = 1,
+    report: bool = True,
+) -> list[Arm]:
+    """Runs the arms that have not finished (`parallel` at a time), records each arm's status
+    in W/sweep.json, then writes the report. Returns the arms."""
+    workdir = pathlib.Path(workdir)
+    overrides, replaced = dict(overrides or {}), dict(replaced or {})
+    arms = plan(config_spec, workdir, overrides, replaced)
+    groups = device_groups(parallel)
+    workdir.mkdir(parents=True, exist_ok=True)
+    header = {
+        "config": config_spec,
+        "overrides": overrides,
+        "axes": list(dict.fromkeys(k for a in arms for k in a.settings)),
+    }
+    todo = []
+    for arm in arms:
+        folder = workdir / arm.name
+        conflict = _conflict(arm, folder)
+        if conflict:
+            arm.status, arm.error = "failed", conflict
+        elif runs.is_finished(folder):
+            arm.status = "finished"
+        else:
+            todo.append(arm)
+    logger.info(
+        "sweep %s: %d arms, %d finished, %d to run",
+        config_spec,
+        len(arms),
+        len(arms) - len(todo),
+        len(todo),
+    )
+    _write_state(workdir, header, arms)
+    running: dict[int, tuple[Arm, subprocess.Popen, Any]] = {}
+    free = list(range(len(groups)))
+    while todo or running:
+        while todo and free:
+            arm, slot = todo.pop(0), free.pop(0)
+            folder = workdir / arm.name
+            folder.mkdir(parents=True, exist_ok=True)
+            log = open(folder / ARM_LOG, "a", encoding="utf-8")  # noqa: SIM115
+            logger.info("arm %s: running (log %s)", arm.name, folder / ARM_LOG)
+            process = subprocess.Popen(
+                arm.command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **groups[slot]},
+                preexec_fn=_die_with_parent,
+            )
+            arm.status = "running"
+            running[slot] = (arm, process, log)
+            _write_state(workdir, header, arms)
+        time.sleep(0.2)
+        for slot, (arm, process, log) in list(running.items()):
+            if process.poll() is None:
+                continue
+            log.close()
+            del running[slot]
+            free.append(slot)
+            if process.returncode == 0 and runs.is_finished(workdir / arm.name):
+                arm.status, arm.error = "finished", ""
+                logger.info("arm %s: finished", arm.name)
+            else:
+                arm.status = "failed"
+                arm.error = _last_error(workdir / arm.name / ARM_LOG)
+                logger.warning(
+                    "arm %s failed (exit %s): %s", arm.name, process.returncode, arm.error
+                )
+            _write_state(workdir, header, arms)
+    if report:
+        from ptlearn import report as report_lib
+
+        report_lib.write_report(workdir)
+    return arms
+
+
+def main(argv: Sequence[str]) -> None:
+    """Runs the flags' sweep; prints {arm: status} as one JSON line."""
+    del argv
+    from absl import flags
+    from ml_collections import config_flags
+
+    from ptlearn import cli
+
+    config_flag = flags.FLAGS["config"]
+    arms = run_sweep(
+        config_flags.get_config_filename(config_flag),
+        flags.FLAGS.workdir,
+        config_flags.get_override_values(config_flag),
+        REPLACED,
+        parallel=flags.FLAGS.parallel,
+        report=flags.FLAGS.report,
+    )
+    cli.print_json({a.name: a.status for a in arms})
+    if any(a.status == "failed" for a in arms):
+        sys.exit(1)
+
+
+REPLACED: dict[str, list[Any]] = {}
+
+if __name__ == "__main__":
+    from absl import flags
+
+    from ptlearn import cli
+
+    cli.define_config()
+    flags.DEFINE_string("workdir", None, "the sweep's folder: one workdir per arm inside")
+    flags.DEFINE_integer("parallel", 1, "arms at once (each with its own GPUs)", lower_bound=1)
+    flags.DEFINE_bool("report", True, "write results.csv / results.md / plots at the end")
+    flags.mark_flag_as_required("workdir")
+    try:
+        REPLACED, sys.argv = split_sweep_flags(sys.argv)
+    except ConfigError as err:
+        cli.fail(str(err))
+    cli.run(main)

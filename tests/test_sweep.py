@@ -1,0 +1,150 @@
+"""Sweeps on the tiny model: arms and their workdirs, skip / resume / survive, the report."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from ptlearn import hyper, report, sweep
+from ptlearn.data import toy
+from ptlearn.data.jsonl import write_jsonl
+from ptlearn.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("toy")
+    for split, records in toy.splits().items():
+        write_jsonl(folder / f"{split}.jsonl", records)
+    return folder
+
+
+def _args(data, workdir, *extra, steps=4):
+    return [
+        sys.executable,
+        "-m",
+        "ptlearn.sweep",
+        f"--config=configs/sentiment_prompt_tuning.py:model=tiny,data={data},virtual=4",
+        f"--workdir={workdir}",
+        f"--config.trainer.max_steps={steps}",
+        "--config.trainer.val_check_interval=2",
+        "--config.trainer.log_every_n_steps=1",
+        "--config.model.optim.sched.warmup_steps=1",
+        "--config.model.max_seq_length=64",
+        "--config.model.data.validation_metric_examples=4",
+        "--config.inference.tokens_to_generate=3",
+        *extra,
+    ]
+
+
+def _sweep(*args):
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=900)
+
+
+def test_axes_expand_narrow_and_add():
+    arms = hyper.product([hyper.sweep("init", ["text", "random"]), hyper.sweep("seed", [0, 1, 2])])
+    assert len(arms) == 6 and arms[0] == {"init": "text", "seed": 0}
+    narrowed = hyper.with_axis(arms, "seed", [0])
+    assert narrowed == [{"init": "text", "seed": 0}, {"init": "random", "seed": 0}]
+    added = hyper.with_axis(narrowed, "model.optim.lr", [0.1, 0.01])
+    assert len(added) == 4 and added[1] == {"init": "text", "seed": 0, "model.optim.lr": 0.01}
+    assert hyper.zipit([hyper.sweep("a", [1, 2]), hyper.sweep("b", [3, 4])])[1] == {"a": 2, "b": 4}
+    assert hyper.parse_values("1,5,1e-3,lstm,True") == [1, 5, 0.001, "lstm", True]
+    with pytest.raises(ConfigError, match="different lengths"):
+        hyper.zipit([hyper.sweep("a", [1]), hyper.sweep("b", [3, 4])])
+    replaced, rest = sweep.split_sweep_flags(["prog", "--sweep.seed=0,1", "--workdir=w"])
+    assert replaced == {"seed": [0, 1]} and rest == ["prog", "--workdir=w"]
+    assert sweep.arm_name({"init": "text", "model.seed": 0}) == "init=text,seed=0"
+    assert sweep.arm_name({"model.seed": 0, "model.data.seed": 1}) == "seed=0,data.seed=1"
+
+
+def test_parallel_arms_need_their_own_gpus(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert sweep.device_groups(2) == [
+        {"CUDA_VISIBLE_DEVICES": "0,1"},
+        {"CUDA_VISIBLE_DEVICES": "2,3"},
+    ]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(ConfigError, match="use --parallel=1"):
+        sweep.device_groups(2)
+
+
+def test_two_by_two_sweep_skips_finished_arms_and_reports(toy_data, tmp_path):
+    args = _args(toy_data, tmp_path, "--sweep.init=vocab,random", "--sweep.seed=0,1")
+    first = _sweep(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    statuses = json.loads(first.stdout.strip().splitlines()[-1])
+    assert statuses == {
+        f"init={i},seed={s}": "finished" for i in ("vocab", "random") for s in (0, 1)
+    }
+    for name in statuses:
+        arm = json.loads((tmp_path / name / "config.json").read_text())
+        assert arm["model"]["seed"] == arm["model"]["data"]["seed"] == int(name[-1])
+    for name in ("results.csv", "results.md", "arms.csv", "plot_init.png", "curves.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert list(results["init"]) == ["vocab", "random"] and list(results["seeds"]) == [2, 2]
+    assert {"test/test_sentiment/accuracy_mean", "best/val_loss_std", "wall_time_min_mean"} <= set(
+        results.columns
+    )
+    assert "| init" in (tmp_path / "results.md").read_text()
+    stamps = {n: (tmp_path / n / "result.json").stat().st_mtime_ns for n in statuses}
+    again = _sweep(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 to run" in again.stderr
+    assert stamps == {n: (tmp_path / n / "result.json").stat().st_mtime_ns for n in statuses}
+
+
+def test_killed_sweep_resumes_its_arm_and_a_failing_arm_is_recorded(toy_data, tmp_path):
+    # Arm init=labels fails (the toy data has a label set, so break it: a text init of "").
+    args = _args(
+        toy_data,
+        tmp_path,
+        "--sweep.init=vocab,text",
+        "--sweep.seed=0",
+        "--config.model.prompt_tuning.new_prompt_init_text=('',)",
+        steps=200,
+    )
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    arm = tmp_path / "init=vocab,seed=0"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        saved = [p for p in (arm / "checkpoints" / "last").glob("*") if p.name.isdigit()]
+        if saved and not (arm / "result.json").exists():
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the arm never checkpointed")
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    time.sleep(2)  # the arm's process gets SIGTERM as its parent dies
+    assert not (arm / "result.json").exists()
+    rerun = _sweep(*args)
+    assert rerun.returncode == 1  # one arm failed
+    statuses = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert statuses == {"init=vocab,seed=0": "finished", "init=text,seed=0": "failed"}
+    rows = [json.loads(x) for x in (arm / "metrics.jsonl").read_text().splitlines() if x]
+    assert [r["step"] for r in rows if "loss" in r].count(1) == 1  # resumed, not restarted
+    assert max(r["step"] for r in rows) == 200
+    state = json.loads((tmp_path / "sweep.json").read_text())
+    failed = next(a for a in state["arms"] if a["name"] == "init=text,seed=0")
+    assert "new_prompt_init_text" in failed["error"]
+    assert "init=text,seed=0" in (tmp_path / "results.md").read_text()
+
+
+def test_report_of_a_single_run(toy_data, tmp_path):
+    import ptlearn
+
+    config = ptlearn.load_config(
+        "sentiment_prompt_tuning",
+        f"model=tiny,data={toy_data},virtual=4,steps=2,init=vocab",
+        **{"model.optim.sched.warmup_steps": 1, "trainer.val_check_interval": 2},
+    )
+    ptlearn.train(config, tmp_path)
+    written = report.write_report(tmp_path)
+    assert pd.read_csv(written["results"])["seeds"].tolist() == [1]
