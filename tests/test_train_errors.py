@@ -50,7 +50,7 @@ def test_template_errors_name_the_task(tiny, tmp_path):
     config = tiny_config(*tiny)
     config.model.task_templates[0].prompt_template = "<|VIRTUAL_PROMPT_0|> {sentence} {mood}"
     config.model.task_templates[0].answer_field = "mood"
-    with pytest.raises(DataError, match=r"training.jsonl:1.*'sentiment'.*mood"):
+    with pytest.raises(DataError, match=r"train.jsonl:1.*'sentiment'.*mood"):
         training.train_and_evaluate(config, str(tmp_path / "w2"))
 
 
@@ -103,8 +103,8 @@ def test_cli_prints_one_line_without_traceback(tiny, tmp_path):
     model, data = tiny
     bad = tmp_path / "data"
     bad.mkdir()
-    (bad / "training.jsonl").write_text("not json\n")
-    config_file = _write_config(tmp_path, model, {**data, "train": bad / "training.jsonl"})
+    (bad / "train.jsonl").write_text("not json\n")
+    config_file = _write_config(tmp_path, model, {**data, "train": bad / "train.jsonl"})
     proc = subprocess.run(
         [
             sys.executable,
@@ -120,4 +120,4 @@ def test_cli_prints_one_line_without_traceback(tiny, tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error:") and "training.jsonl:1" in last
+    assert last.startswith("error:") and "train.jsonl:1" in last
