@@ -43,9 +43,8 @@ def _metrics(prefix: str, row: dict[str, Any], keep) -> dict[str, float]:
 
 def arm_rows(workdir: pathlib.Path) -> tuple[list[dict[str, Any]], list[str]]:
     """(one dict per arm: settings, status and results; the sweep's axes)."""
-    state_path = workdir / "sweep.json"
-    if state_path.is_file():
-        state = json.loads(state_path.read_text())
+    state = _read_state(workdir)
+    if state:
         arms, axes = state["arms"], list(state["axes"])
     elif (workdir / runs.RESULT_FILE).is_file():
         arms, axes = [{"name": ".", "settings": {}, "status": "finished"}], []
@@ -187,21 +186,39 @@ def plot_curves(workdir: pathlib.Path, arms: Any, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
-def write_report(workdir: str | pathlib.Path) -> dict[str, str]:
-    """Writes arms.csv, results.csv, results.md and the plots; returns {what: path}."""
+def write_report(
+    workdir: str | pathlib.Path, out: str | pathlib.Path | None = None
+) -> dict[str, str]:
+    """Writes arms.csv, results.csv, results.md and the plots of the sweep (or run) in
+    `workdir` into `out` (default: `workdir`); returns {what: path}."""
     import pandas as pd
 
     workdir = pathlib.Path(workdir)
+    out = pathlib.Path(out) if out is not None else workdir
+    out.mkdir(parents=True, exist_ok=True)
     rows, axes = arm_rows(workdir)
     arms = pd.DataFrame(rows)
-    written = {"arms": str(workdir / "arms.csv")}
+    written = {"arms": str(out / "arms.csv")}
     arms.to_csv(written["arms"], index=False)
     failed = arms[arms["status"] != "finished"]
     lines = [f"# Results: {workdir.name}", ""]
-    if (arms["status"] == "finished").any():
+    command = _read_state(workdir).get("command")
+    if command:
+        lines += [
+            "Made by:",
+            "",
+            "```bash",
+            command,
+            f"python -m ptlearn.report {workdir} --out={out}",
+            "```",
+            "",
+        ]
+    done = int((arms["status"] == "finished").sum())
+    lines += [f"{done} of {len(arms)} arms finished.", ""]
+    if done:
         table = aggregate(arms, axes)
-        table.to_csv(workdir / "results.csv", index=False)
-        written["results"] = str(workdir / "results.csv")
+        table.to_csv(out / "results.csv", index=False)
+        written["results"] = str(out / "results.csv")
         lines += [
             "Mean ± standard deviation over seeds (sample std; none shown when zero or with one "
             "seed). "
@@ -213,12 +230,12 @@ def write_report(workdir: str | pathlib.Path) -> dict[str, str]:
         ]
         swept = [a for a in axes if not _is_seed(a) and table[a].nunique() > 1]
         for axis in swept:
-            path = workdir / f"plot_{axis.replace('/', '_')}.png"
+            path = out / f"plot_{axis.replace('/', '_')}.png"
             plot_axis(table, axis, axes, path)
             written[f"plot_{axis}"] = str(path)
             lines.append(f"![{axis}]({path.name})")
-        plot_curves(workdir, arms, workdir / "curves.png")
-        written["curves"] = str(workdir / "curves.png")
+        plot_curves(workdir, arms, out / "curves.png")
+        written["curves"] = str(out / "curves.png")
         lines += ["![training and validation curves](curves.png)", ""]
     if len(failed):
         lines += ["## Arms not finished", ""]
@@ -226,25 +243,33 @@ def write_report(workdir: str | pathlib.Path) -> dict[str, str]:
             f"- `{r.arm}`: {r.status} {getattr(r, 'error', '') or ''}" for r in failed.itertuples()
         ]
         lines.append("")
-    (workdir / "results.md").write_text("\n".join(lines))
-    written["markdown"] = str(workdir / "results.md")
+    (out / "results.md").write_text("\n".join(lines))
+    written["markdown"] = str(out / "results.md")
     return written
 
 
+def _read_state(workdir: pathlib.Path) -> dict[str, Any]:
+    path = workdir / "sweep.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def main(argv: Sequence[str]) -> None:
-    """Writes the report of each folder named on the command line; prints {what: path}."""
+    """Writes the report of the folder named on the command line; prints {what: path}."""
+    from absl import flags
+
     from ptlearn import cli
 
-    folders = argv[1:]
-    if not folders:
-        cli.fail("give the sweep (or run) folder: python -m ptlearn.report W")
-    for folder in folders:
-        if not pathlib.Path(folder).is_dir():
-            cli.fail(f"{folder}: no such folder")
-        cli.print_json(write_report(folder))
+    if len(argv) != 2:
+        cli.fail("give one sweep (or run) folder: python -m ptlearn.report W [--out=D]")
+    if not pathlib.Path(argv[1]).is_dir():
+        cli.fail(f"{argv[1]}: no such folder")
+    cli.print_json(write_report(argv[1], flags.FLAGS.out))
 
 
 if __name__ == "__main__":
+    from absl import flags
+
     from ptlearn import cli
 
+    flags.DEFINE_string("out", None, "where the tables and plots go (default: the folder itself)")
     cli.run(main)

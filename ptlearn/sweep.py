@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import pathlib
+import shlex
 import shutil
 import signal
 import subprocess
@@ -194,6 +195,7 @@ def run_sweep(
     *,
     parallel: int = 1,
     report: bool = True,
+    command: str = "",
 ) -> list[Arm]:
     """Runs the arms that have not finished (`parallel` at a time), records each arm's status
     in W/sweep.json, then writes the report. Returns the arms."""
@@ -203,6 +205,7 @@ def run_sweep(
     groups = device_groups(parallel)
     workdir.mkdir(parents=True, exist_ok=True)
     header = {
+        "command": command,
         "config": config_spec,
         "overrides": overrides,
         "axes": list(dict.fromkeys(k for a in arms for k in a.settings)),
@@ -284,6 +287,7 @@ def main(argv: Sequence[str]) -> None:
         REPLACED,
         parallel=flags.FLAGS.parallel,
         report=flags.FLAGS.report,
+        command=COMMAND,
     )
     cli.print_json({a.name: a.status for a in arms})
     if any(a.status == "failed" for a in arms):
@@ -291,6 +295,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 REPLACED: dict[str, list[Any]] = {}
+COMMAND = ""
 
 if __name__ == "__main__":
     from absl import flags
@@ -302,6 +307,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("parallel", 1, "arms at once (each with its own GPUs)", lower_bound=1)
     flags.DEFINE_bool("report", True, "write results.csv / results.md / plots at the end")
     flags.mark_flag_as_required("workdir")
+    COMMAND = shlex.join(["python", "-m", "ptlearn.sweep", *sys.argv[1:]])
     try:
         REPLACED, sys.argv = split_sweep_flags(sys.argv)
     except ConfigError as err:
