@@ -20,17 +20,12 @@ non-padding ones including virtual tokens, `text_tokens_per_s` the non-padding t
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
-import importlib.util
-import json
 import os
-import pathlib
 import platform
 import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,6 +36,7 @@ import ml_collections
 import numpy as np
 
 from ptlearn import (
+    cli,
     config_lib,
     distributed,
     predict,
@@ -68,47 +64,53 @@ FIRST_ID = 17
 TIME_KEYS = ("ids", "virtual_index", "loss_mask", "positions", "attention_mask")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not argparse's usage block
-        raise PtlearnError(f"ptlearn.bench: {message}")
+@dataclasses.dataclass
+class Options:
+    """What to measure: the flags of `python -m ptlearn.bench` (`options(**values)` checks)."""
 
-
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """Command-line flags -> options; bad values raise PtlearnError."""
-    p = _Parser(prog="python -m ptlearn.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--mode", default=None, help=f"one of {', '.join(MODES)}")
-    p.add_argument("--model", default=None, help="'default' or a checkpoint path")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seq", type=int, default=128, help="text tokens per row (virtual extra)")
-    p.add_argument("--virtual_tokens", type=int, default=10)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--dtype", default="float32", help="compute dtype: float32 | bfloat16")
-    p.add_argument("--frozen_dtype", default="float32", help="storage of the frozen LM weights")
-    p.add_argument(
-        "--remat",
-        default="none",
-        help="activation checkpointing of the blocks: none | full | selective",
+    mode: str | None = cli.option(None, "one of MODES; None with --data")
+    model: str | None = cli.option(None, "'default', 'tiny' or a checkpoint path")
+    batch: int = cli.option(8, "batch")
+    seq: int = cli.option(128, "text tokens per row (virtual extra)")
+    virtual_tokens: int = cli.option(10, "virtual tokens")
+    steps: int = cli.option(10, "steps")
+    dtype: str = cli.option("float32", "compute dtype: float32 | bfloat16")
+    frozen_dtype: str = cli.option("float32", "storage of the frozen LM weights")
+    remat: str = cli.option(
+        "none", "activation checkpointing of the blocks: none | full | selective"
     )
-    p.add_argument(
-        "--batch_chains", type=int, default=0, help="model.batch_chains (0: auto, 1: off)"
+    batch_chains: int = cli.option(0, "model.batch_chains (0: auto, 1: off)")
+    answer_tokens: int = cli.option(0, "0: loss on every text token")
+    prompt_len: int = cli.option(40, "generate: text tokens a prompt")
+    new_tokens: int = cli.option(64, "generate: tokens per row")
+    seed: int = cli.option(0, "seed")
+    data: str | None = cli.option(None, "a task jsonl: time the real input pipeline")
+    config: Any = cli.option(
+        None, "with --data: the run's config (a ConfigDict, or FILE_OR_NAME[:arg])"
     )
-    p.add_argument("--answer_tokens", type=int, default=0, help="0: loss on every text token")
-    p.add_argument("--prompt_len", type=int, default=40, help="generate: text tokens a prompt")
-    p.add_argument("--new_tokens", type=int, default=64, help="generate: tokens per row")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", default=None, help="a task jsonl: time the real input pipeline")
-    p.add_argument("--config", default=None, help="with --data: configs/X.py[:arg]")
-    p.add_argument(
-        "--profile_dir",
-        default=None,
-        help="fixed-shape and generate modes: a jax.profiler trace of the timed calls",
-    )
-    args = p.parse_args(list(argv))
-    _check_args(args)
-    return args
+    profile_dir: str | None = cli.option(None, "a jax.profiler trace of the timed calls")
 
 
-def _check_args(args: argparse.Namespace) -> None:
+def options(**values: Any) -> Options:
+    """Options from keyword values (strings are cast to the fields' types), checked; a config
+    given as `FILE_OR_NAME[:arg]` is loaded. Bad values raise PtlearnError."""
+    fields = {f.name: f for f in dataclasses.fields(Options)}
+    for name, value in values.items():
+        if name not in fields:
+            raise PtlearnError(f"ptlearn.bench: unrecognized option --{name}")
+        if isinstance(value, str) and isinstance(fields[name].default, int):
+            try:
+                values[name] = int(value)
+            except ValueError:
+                raise PtlearnError(f"--{name}={value}: give an integer") from None
+    result = Options(**values)
+    if isinstance(result.config, str):
+        result.config = config_lib.load_config(result.config)
+    _check_args(result)
+    return result
+
+
+def _check_args(args: Options) -> None:
     for name in ("dtype", "frozen_dtype"):
         if getattr(args, name) not in DTYPES:
             raise PtlearnError(f"--{name}={getattr(args, name)}: use one of {', '.join(DTYPES)}")
@@ -123,7 +125,7 @@ def _check_args(args: argparse.Namespace) -> None:
         if args.mode is not None:
             raise PtlearnError("--data takes its prompt style from --config; drop --mode")
         if args.config is None:
-            raise PtlearnError("--data needs --config=configs/X.py (the run to measure)")
+            raise PtlearnError("--data needs --config=FILE_OR_NAME (the run to measure)")
     elif args.mode not in MODES:
         raise PtlearnError(f"--mode={args.mode}: use one of {', '.join(MODES)} (or --data)")
 
@@ -174,7 +176,7 @@ def time_calls(
     return compile_s, times
 
 
-def synthetic_config(args: argparse.Namespace, hidden_size: int) -> ml_collections.ConfigDict:
+def synthetic_config(args: Options, hidden_size: int) -> ml_collections.ConfigDict:
     """A run config for the fixed-shape modes, shaped like the PEFT harness's workload."""
     c = config_lib.base_config()
     c.model.language_model_path = args.model
@@ -212,7 +214,7 @@ def synthetic_config(args: argparse.Namespace, hidden_size: int) -> ml_collectio
     return c
 
 
-def synthetic_setup(args: argparse.Namespace, loaded: Any) -> training.Setup:
+def synthetic_setup(args: Options, loaded: Any) -> training.Setup:
     """A training.Setup on one device for the synthetic task (no data files read)."""
     c = synthetic_config(args, loaded.config.hidden_size)
     encoder_config = train_setup.encoder_config_from(c.model, loaded.config.hidden_size)
@@ -273,7 +275,7 @@ def _pad_id(loaded: Any) -> int:
     return 0 if pad is None else pad
 
 
-def _header(args: argparse.Namespace, mode: str, model: str) -> dict[str, Any]:
+def _header(args: Options, mode: str, model: str) -> dict[str, Any]:
     return {
         "mode": mode,
         "model": model,
@@ -300,7 +302,7 @@ def _rates(median: float, padded: float, real: float, text: float) -> dict[str, 
 # Fixed-shape modes
 
 
-def bench_fixed(args: argparse.Namespace) -> dict[str, Any]:
+def bench_fixed(args: Options) -> dict[str, Any]:
     """forward / prompt / ptune-mlp / ptune-lstm on one synthetic batch [batch, seq + P]."""
     loaded = load_model(args.model, dtype=args.frozen_dtype)
     load_peak = peak_rss_mb()
@@ -392,7 +394,7 @@ def _encoder_text(s: training.Setup) -> str | None:
     return f"{e.encoder_type}, {e.num_layers} layers, hidden {e.encoder_hidden}"
 
 
-def bench_generate(args: argparse.Namespace) -> dict[str, Any]:
+def bench_generate(args: Options) -> dict[str, Any]:
     """Greedy decoding of `--new_tokens` per row for `--batch` prompt-tuned prompts of
     `--prompt_len` text tokens, through predict.generate_answers with EOS disabled."""
     loaded = load_model(args.model, dtype=args.frozen_dtype)
@@ -470,21 +472,6 @@ def bench_generate(args: argparse.Namespace) -> dict[str, Any]:
 # Real data through the real input pipeline
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """`configs/X.py[:arg]` -> the config its get_config(arg) returns."""
-    path, _, arg = spec.partition(".py:")
-    path = path if path.endswith(".py") else path + ".py"
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise ConfigError(f"--config={spec}: no such file {file}")
-    module_spec = importlib.util.spec_from_file_location(f"bench_config_{file.stem}", file)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"--config={spec}: {file} defines no get_config(arg=None)")
-    return module.get_config(arg or None)
-
-
 def pad_time_axis(batch: dict[str, np.ndarray], length: int, pad_id: int) -> dict[str, Any]:
     """Right-pads a collated batch's [..., T] arrays to [..., length] as collate pads them."""
     fill = {"ids": pad_id, "virtual_index": -1}
@@ -508,11 +495,11 @@ def _data_step(train_step, holder, frozen, fetch, position, record) -> None:
     record["padded"] += float(stats["padded_tokens"])
 
 
-def bench_data(args: argparse.Namespace) -> dict[str, Any]:
+def bench_data(args: Options) -> dict[str, Any]:
     """`--steps` steps of real data (training.Batches, length buckets) and the same steps with
     every batch padded to --seq: a warm-up pass of each (compiling its shapes), then both
     timed, alternating step by step."""
-    config = load_config(args.config)
+    config = copy.deepcopy(args.config)
     with config.unlocked():
         m = config.model
         if args.model is not None:
@@ -559,7 +546,7 @@ def bench_data(args: argparse.Namespace) -> dict[str, Any]:
     result.update(
         {
             "data": args.data,
-            "config": args.config,
+            "tasks": list(m.new_tasks),
             "style": m.virtual_prompt_style,
             "encoder": _encoder_text(s),
             **summary,
@@ -588,7 +575,7 @@ def bench_data(args: argparse.Namespace) -> dict[str, Any]:
 # Entry point
 
 
-def benchmark(args: argparse.Namespace) -> dict[str, Any]:
+def benchmark(args: Options) -> dict[str, Any]:
     """Runs the benchmark the options name; returns the JSON line's fields."""
     if args.data is not None:
         result = bench_data(args)
@@ -599,16 +586,13 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def main(argv: Sequence[str]) -> int:
-    """Parses flags, runs, prints one JSON line; user errors print one line and return 2."""
-    try:
-        result = benchmark(parse_args(argv))
-    except PtlearnError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(result), flush=True)
-    return 0
+def main(argv: Sequence[str]) -> None:
+    """Runs the flags' benchmark; prints its JSON line."""
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments {argv[1:]}: every option is a --flag")
+    cli.print_json(benchmark(options(**cli.option_values(Options))))
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    cli.define_options(Options)
+    cli.run(main)

@@ -10,6 +10,7 @@ overrides), a thin `main` over a library function, and user errors as one line w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -53,6 +54,34 @@ def define_config(name: str = "config", *, required: bool = True) -> flags.FlagH
     return holder
 
 
+def option(default: Any, help_text: str) -> Any:
+    """A field of an options dataclass: its default and its flag's help (`define_options`)."""
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+def define_options(options_class: type) -> None:
+    """One absl flag per field of an options dataclass (typed by its default: bool, int,
+    float, else string); a field named `config` is the --config flag (optional)."""
+    for field in dataclasses.fields(options_class):
+        if field.name == "config":
+            define_config(required=False)
+            continue
+        default, help_text = field.default, field.metadata["help"]
+        if isinstance(default, bool):
+            flags.DEFINE_bool(field.name, default, help_text)
+        elif isinstance(default, int):
+            flags.DEFINE_integer(field.name, default, help_text)
+        elif isinstance(default, float):
+            flags.DEFINE_float(field.name, default, help_text)
+        else:
+            flags.DEFINE_string(field.name, default, help_text)
+
+
+def option_values(options_class: type) -> dict[str, Any]:
+    """{field: its parsed flag's value} of an options dataclass."""
+    return {f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(options_class)}
+
+
 def fail(message: str) -> NoReturn:
     """Prints `error: message` as one line on stderr and exits with the user-error code."""
     print(f"error: {message}", file=sys.stderr)
@@ -61,13 +90,12 @@ def fail(message: str) -> NoReturn:
 
 def print_json(values: Mapping[str, Any]) -> None:
     """One JSON object on stdout (numpy scalars as plain numbers): the command's result."""
-    print(json.dumps(values, default=_plain, ensure_ascii=False), flush=True)
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
+    text = json.dumps(
+        values,
+        default=lambda v: run_log.plain(v) if hasattr(v, "item") else str(v),
+        ensure_ascii=False,
+    )
+    print(text, flush=True)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -77,16 +105,23 @@ def _parse_flags(argv: list[str]) -> list[str]:
         fail(f"{err} (see --helpshort)")
     except PtlearnError as err:
         fail(str(err))
-    except (AttributeError, KeyError) as err:  # config_flags on an override of no such key
-        fail(_unknown_key(argv, err))
+    except (AttributeError, KeyError) as err:
+        message = _unknown_key(argv, err)
+        if message is None:
+            raise  # not an override of a missing key: a bug (e.g. in a get_config) to see whole
+        fail(message)
 
 
-def _unknown_key(argv: list[str], err: Exception) -> str:
+def _unknown_key(argv: list[str], err: Exception) -> str | None:
+    """config_flags' error for `--config.a.b=v` naming no key, as one line (None when the
+    error names no key of an override on the command line)."""
     text = str(err)
     words = re.findall(r"[A-Za-z_]\w*", text)
     key = words[0] if words else "?"
     named = [a.split("=", 1)[0] for a in argv if a.startswith("--") and "." in a.split("=")[0]]
-    where = next((n for n in named if key in n.split(".")), "a --config override")
+    where = next((n for n in named if key in n.split(".")), None)
+    if where is None:
+        return None
     hint = re.search(r'Did you mean "[^"]+"', text)
     return f"{where}: no such config key {key!r}" + (f" ({hint.group(0)}?)" if hint else "")
 

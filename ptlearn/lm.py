@@ -7,12 +7,12 @@ python -m ptlearn.lm generate --model=default --prompt="Once upon a time" --gree
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
 import pathlib
-import sys
 from collections.abc import Sequence
+from typing import Any
 
+from ptlearn import cli
 from ptlearn.errors import PtlearnError
 
 
@@ -44,7 +44,7 @@ def _load(model: str, with_tokenizer: bool = True):
     return loaded
 
 
-def cmd_tokenize(args: argparse.Namespace) -> dict:
+def cmd_tokenize(args: Any) -> dict:
     """Token ids of the text file (the tokenizer's own BOS rule applies)."""
     from ptlearn import tokenizers
     from ptlearn.checkpoints import resolve_model
@@ -54,7 +54,7 @@ def cmd_tokenize(args: argparse.Namespace) -> dict:
     return {"token_ids": _encode(tokenizer, text, args.add_BOS or tokenizer.add_bos)}
 
 
-def cmd_score(args: argparse.Namespace) -> dict:
+def cmd_score(args: Any) -> dict:
     """Mean next-token NLL of the whole file as one sequence."""
     import jax
     import jax.numpy as jnp
@@ -84,7 +84,7 @@ def cmd_score(args: argparse.Namespace) -> dict:
     return {"nats_per_token": value, "n_tokens": len(ids)}
 
 
-def cmd_generate(args: argparse.Namespace) -> dict:
+def cmd_generate(args: Any) -> dict:
     """Continuation of --prompt."""
     from ptlearn.generate import Sampling, generate
     from ptlearn.gpt import serving_layout
@@ -118,42 +118,48 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     return {"text": tokenizer.decode(new_ids), "token_ids": new_ids}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line parser (subcommands tokenize / score / generate)."""
-    parser = argparse.ArgumentParser(prog="python -m ptlearn.lm", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    def add(name: str, fn, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text)
-        sub.set_defaults(fn=fn)
-        sub.add_argument("--model", default="default", help="'default', .gguf, HF folder, .nemo")
-        sub.add_argument("--add_BOS", action="store_true", help="prepend BOS to the text")
-        return sub
-
-    add("tokenize", cmd_tokenize, "print token ids").add_argument("--text_file", required=True)
-    add("score", cmd_score, "mean NLL per token").add_argument("--text_file", required=True)
-    gen = add("generate", cmd_generate, "continue a prompt")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--tokens_to_generate", type=int, default=30)
-    gen.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
-    gen.add_argument("--temperature", type=float, default=1.0)
-    gen.add_argument("--top_k", type=int, default=0)
-    gen.add_argument("--top_p", type=float, default=1.0)
-    gen.add_argument("--seed", type=int, default=0)
-    return parser
+COMMANDS = {"tokenize": cmd_tokenize, "score": cmd_score, "generate": cmd_generate}
+REQUIRED = {"tokenize": ("text_file",), "score": ("text_file",), "generate": ("prompt",)}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs one subcommand; user errors print one line on stderr and return 2."""
-    args = build_parser().parse_args(argv)
+@dataclasses.dataclass
+class Options:
+    """The flags of `python -m ptlearn.lm COMMAND`."""
+
+    model: str = cli.option("default", "'default', 'tiny', .gguf, Hugging Face folder, .nemo")
+    add_BOS: bool = cli.option(False, "prepend BOS to the text")
+    text_file: str | None = cli.option(None, "tokenize / score: the UTF-8 text file")
+    prompt: str | None = cli.option(None, "generate: the text to continue")
+    tokens_to_generate: int = cli.option(30, "generate: new tokens")
+    greedy: bool = cli.option(False, "generate: argmax instead of sampling")
+    temperature: float = cli.option(1.0, "generate: sampling temperature")
+    top_k: int = cli.option(0, "generate: sample from the k likeliest (0: all)")
+    top_p: float = cli.option(1.0, "generate: nucleus sampling mass")
+    seed: int = cli.option(0, "generate: sampling seed")
+
+
+def run(command: str, **options: Any) -> dict:
+    """Runs one command (`tokenize`, `score`, `generate`) with Options' defaults for the
+    options not given; user errors raise PtlearnError."""
+    if command not in COMMANDS:
+        raise PtlearnError(f"command {command!r}: use one of {', '.join(COMMANDS)}")
     try:
-        result = args.fn(args)
-    except PtlearnError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, ensure_ascii=False))
-    return 0
+        values = Options(**options)
+    except TypeError as err:
+        raise PtlearnError(f"{command}: {err}") from None
+    missing = [f"--{n}" for n in REQUIRED[command] if getattr(values, n) is None]
+    if missing:
+        raise PtlearnError(f"{command} needs {' and '.join(missing)}")
+    return COMMANDS[command](values)
+
+
+def main(argv: Sequence[str]) -> None:
+    """`python -m ptlearn.lm COMMAND --flags`: prints the result as one JSON line."""
+    if len(argv) != 2:
+        cli.fail(f"give one command ({' | '.join(COMMANDS)}) before the --flags")
+    cli.print_json(run(argv[1], **cli.option_values(Options)))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.define_options(Options)
+    cli.run(main)

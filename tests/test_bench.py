@@ -2,6 +2,9 @@
 
 import json
 import math
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ from tiny_model import write_tiny_data, write_tiny_model
 
 from ptlearn import bench
 from ptlearn.data import batching
+from ptlearn.errors import PtlearnError
 
 FIELDS = [
     "mode",
@@ -34,10 +38,9 @@ def tiny(tmp_path_factory):
     return write_tiny_model(root / "model"), write_tiny_data(root / "data")
 
 
-def run(capsys, argv):
-    assert bench.main(argv) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    result = json.loads(lines[-1])
+def run(argv):
+    """The benchmark that the command-line flags `argv` name (the CLI's own path)."""
+    result = json.loads(json.dumps(bench.benchmark(bench.options(**_values(argv)))))
     for field in FIELDS:
         assert field in result, field
     assert result["peak_rss_mb"] > 50 and result["compile_s"] > 0
@@ -50,9 +53,9 @@ def rate(count, seconds):
 
 
 @pytest.mark.parametrize("mode", ["forward", "prompt", "ptune-mlp", "ptune-lstm"])
-def test_fixed_shape_modes(tiny, capsys, mode):
+def test_fixed_shape_modes(tiny, mode):
     model, _ = tiny
-    result = run(capsys, [f"--model={model}", f"--mode={mode}", *SMALL])
+    result = run([f"--model={model}", f"--mode={mode}", *SMALL])
     median = result["median_s_per_step"]
     assert result["mode"] == mode and result["steps"] == 2 and len(result["step_times_s"]) == 2
     assert median > 0
@@ -80,16 +83,16 @@ def test_fixed_shape_modes(tiny, capsys, mode):
         assert result["encoder"] == "lstm, 2 layers, hidden 64"
 
 
-def test_answer_only_loss(tiny, capsys):
+def test_answer_only_loss(tiny):
     model, _ = tiny
-    result = run(capsys, [f"--model={model}", "--mode=prompt", "--answer_tokens=4", *SMALL])
+    result = run([f"--model={model}", "--mode=prompt", "--answer_tokens=4", *SMALL])
     assert result["loss_targets_per_row"] == 4 and result["loss_positions"] == "answer only"
 
 
-def test_frozen_weights_in_bfloat16(tiny, capsys):
+def test_frozen_weights_in_bfloat16(tiny):
     model, _ = tiny
-    full = run(capsys, [f"--model={model}", "--mode=prompt", *SMALL])
-    half = run(capsys, [f"--model={model}", "--mode=prompt", "--frozen_dtype=bfloat16", *SMALL])
+    full = run([f"--model={model}", "--mode=prompt", *SMALL])
+    half = run([f"--model={model}", "--mode=prompt", "--frozen_dtype=bfloat16", *SMALL])
     assert half["frozen_lm_dtypes"] == ["bfloat16"] and half["dtype"] == "float32"
     assert half["frozen_lm_mb"] == pytest.approx(full["frozen_lm_mb"] / 2, abs=0.1)
     # Prompts stay float32: the same trainable parameters, nearly the same loss.
@@ -97,20 +100,20 @@ def test_frozen_weights_in_bfloat16(tiny, capsys):
     assert half["loss"] == pytest.approx(full["loss"], abs=0.05)
 
 
-def test_remat_keeps_the_loss_and_profile_dir_writes_a_trace(tiny, capsys, tmp_path):
+def test_remat_keeps_the_loss_and_profile_dir_writes_a_trace(tiny, tmp_path):
     model, _ = tiny
-    plain = run(capsys, [f"--model={model}", "--mode=prompt", *SMALL])
+    plain = run([f"--model={model}", "--mode=prompt", *SMALL])
     flags = ["--remat=full", f"--profile_dir={tmp_path}", "--dtype=bfloat16"]
-    remat = run(capsys, [f"--model={model}", "--mode=prompt", *flags, *SMALL])
+    remat = run([f"--model={model}", "--mode=prompt", *flags, *SMALL])
     assert remat["remat"] == "full" and remat["dtype"] == "bfloat16"
     assert remat["loss"] == pytest.approx(plain["loss"], abs=0.05)
     assert list(tmp_path.rglob("*.xplane.pb"))
 
 
-def test_generate(tiny, capsys):
+def test_generate(tiny):
     model, _ = tiny
     argv = [f"--model={model}", "--mode=generate", "--steps=2", "--batch=2", "--new_tokens=16"]
-    result = run(capsys, argv)
+    result = run(argv)
     median = result["median_s_per_step"]
     assert result["new_tokens"] == 16 and result["seq"] == result["prompt_len"] == 40
     # The 10 virtual tokens come from the task's prefix KV cache; the 40 text tokens are
@@ -132,14 +135,14 @@ def get_config(arg=None):
 """
 
 
-def test_real_data_bucketed_and_padded(tiny, capsys, tmp_path):
+def test_real_data_bucketed_and_padded(tiny, tmp_path):
     model, data = tiny
     config = tmp_path / "tiny_cfg.py"
     config.write_text(
         CONFIG.format(train=str(data["train"]), val=str(data["val"]), model=str(model))
     )
     argv = [f"--data={data['train']}", f"--config={config}:prompt-tuning"]
-    result = run(capsys, [*argv, "--steps=3", "--batch=4", "--seq=64"])
+    result = run([*argv, "--steps=3", "--batch=4", "--seq=64"])
     assert result["mode"] == "data" and result["style"] == "prompt-tuning"
     assert result["virtual_tokens"] == 4 and result["batch"] == 4
     assert 1 <= result["distinct_shapes"] <= 3
@@ -177,6 +180,10 @@ def test_synthetic_examples_mirror_peft_labels():
     assert (example.ids[3:] >= bench.FIRST_ID).all() and (example.ids[3:] < 100).all()
 
 
+def _values(argv):
+    return dict(arg[2:].split("=", 1) for arg in argv)
+
+
 @pytest.mark.parametrize(
     "argv, words",
     [
@@ -186,11 +193,30 @@ def test_synthetic_examples_mirror_peft_labels():
         (["--data=x.jsonl"], "--config"),
         (["--data=x.jsonl", "--config=/no/such.py"], "no such file"),
         (["--mode=prompt", "--steps=0"], "--steps"),
+        (["--mode=prompt", "--steps=many"], "--steps"),
         (["--mode=prompt", "--unknown=1"], "unrecognized"),
     ],
 )
-def test_errors_are_one_line(capsys, argv, words):
-    assert bench.main(argv) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert len(captured.err.strip().splitlines()) == 1 and words in captured.err
+def test_bad_options_name_the_flag(argv, words):
+    with pytest.raises(PtlearnError, match=re.escape(words)):
+        bench.benchmark(bench.options(**_values(argv)))
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--mode=backward"], "--mode=backward"),
+        (["--mode=prompt", "--unknown=1"], "unknown"),
+        (["--mode=prompt", "--steps=many"], "--steps"),
+    ],
+)
+def test_cli_errors_are_one_line(argv, words):
+    proc = subprocess.run(
+        [sys.executable, "-m", "ptlearn.bench", "--model=tiny", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0]

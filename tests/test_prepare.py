@@ -4,6 +4,8 @@ import collections
 import json
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -11,7 +13,6 @@ from ptlearn.data import assistant, financial_phrasebank, squad
 from ptlearn.data.jsonl import read_jsonl
 from ptlearn.data.prepare import (
     SPLIT_NAMES,
-    main,
     prepare,
     seeded_order,
     split_sizes,
@@ -77,11 +78,12 @@ def test_phrasebank_splits_on_last_at_and_reports_bad_lines(tmp_path):
         financial_phrasebank.read_phrasebank(path)
 
 
-def test_phrasebank_50agree_counts_duplicates_and_conflicts(shared_dir, tmp_path, capsys):
+def test_phrasebank_50agree_counts_duplicates_and_conflicts(shared_dir, tmp_path):
     raw_dir = shared_dir / "data" / "financial_phrasebank"
     argv = ["financial_phrasebank", f"--raw_dir={raw_dir}", "--agreement=50"]
-    assert main([*argv, f"--out_dir={tmp_path / 'a'}"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    proc = _cli(*argv, f"--out_dir={tmp_path / 'a'}")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["duplicates_removed"] == 6
     assert summary["conflicting_sentences"] == 2
     assert summary["conflicting_lines_dropped"] == 4
@@ -110,7 +112,7 @@ def test_phrasebank_50agree_counts_duplicates_and_conflicts(shared_dir, tmp_path
             assert abs(counts[label] - fraction * total) <= 1, (name, label)
 
     # Same seed: byte-identical; another seed: a different split.
-    assert main([*argv, f"--out_dir={tmp_path / 'b'}"]) == 0
+    prepare("financial_phrasebank", raw_dir, tmp_path / "b", agreement="50")
     assert _split_bytes(tmp_path / "a") == _split_bytes(tmp_path / "b")
     prepare("financial_phrasebank", raw_dir, tmp_path / "c", seed=7, agreement="50")
     assert _split_bytes(tmp_path / "a") != _split_bytes(tmp_path / "c")
@@ -123,16 +125,26 @@ def test_phrasebank_default_agreement_reads_allagree(shared_dir, tmp_path):
     assert summary["conflicting_sentences"] == 0
 
 
-def test_cli_user_errors_are_one_line_without_traceback(tmp_path, capsys):
-    assert main(["financial_phrasebank", f"--raw_dir={tmp_path}", f"--out_dir={tmp_path}"]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err
-    assert "Sentences_AllAgree.txt" in err
-    with pytest.raises(SystemExit) as excinfo:
-        main(["financial_phrasebank", "--agreement=90", f"--out_dir={tmp_path}"])
-    assert excinfo.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--agreement" in err
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "ptlearn.data.prepare", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_user_errors_are_one_line_without_traceback(tmp_path):
+    for args, words in (
+        (["financial_phrasebank", f"--raw_dir={tmp_path}"], "Sentences_AllAgree.txt"),
+        (["financial_phrasebank", "--agreement=90"], "--agreement"),
+        (["squad", "--agreement=50"], "--agreement"),
+        (["imdb"], "imdb"),
+    ):
+        proc = _cli(*args, f"--out_dir={tmp_path}")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith("error:") and words in line, line
     assert list(tmp_path.iterdir()) == []
 
 

@@ -52,9 +52,8 @@ def test_token_ids_and_last_logits(default_model, reference):
         assert abs(float(logits.std()) - item["last_logits_std"]) < 2e-3
 
 
-def test_score_cli_matches_reference_nll(default_model, reference, capsys):
-    assert lm.main(["score", "--model=default", f"--text_file={reference['eval_text']}"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+def test_score_command_matches_reference_nll(default_model, reference):
+    result = lm.run("score", model="default", text_file=str(reference["eval_text"]))
     expected = reference["nll"]["eval_text_whole_file"]
     assert result["n_tokens"] == expected["input_tokens"]
     assert abs(result["nats_per_token"] - expected["nats_per_token"]) < 1e-3
@@ -76,11 +75,7 @@ def test_greedy_continuations_batched_and_alone(default_model, reference):
         assert alone[0] == out
 
 
-def test_generate_cli(capsys):
-    prompt = "The capital of France is"
-    code = lm.main(["generate", "--model=default", f"--prompt={prompt}", "--greedy"])
-    if code == 2 and "not installed" in capsys.readouterr().err:
-        pytest.skip("default model not installed")
-    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+def test_generate_command(default_model):
+    out = lm.run("generate", model="default", prompt="The capital of France is", greedy=True)
     assert out["text"].startswith(" Paris.")
     assert out["token_ids"][0] == 7042

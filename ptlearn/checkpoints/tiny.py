@@ -5,14 +5,13 @@ Quick-starts, the tutorial and sweep smoke tests train it in seconds. Its weight
 (seed 0); its tokenizer is trained on the toy sentiment task (`ptlearn.data.toy`), so that
 task's words are single tokens. The shipped folder is what `write_tiny_model` writes:
 
-  python -m ptlearn.checkpoints.tiny   # rewrites ptlearn/checkpoints/tiny_model/
+  python -m ptlearn.checkpoints.tiny [--out=FOLDER]   # default: ptlearn/checkpoints/tiny_model/
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-import sys
 
 import flax.linen as nn
 import jax
@@ -65,5 +64,20 @@ def write_tiny_model(folder: str | pathlib.Path, seed: int = 0) -> pathlib.Path:
     return folder
 
 
+def main(argv: list[str]) -> None:
+    """Writes the tiny model into --out; prints {"folder": ...}."""
+    from absl import flags
+
+    from ptlearn import cli
+
+    del argv
+    cli.print_json({"folder": str(write_tiny_model(flags.FLAGS.out))})
+
+
 if __name__ == "__main__":
-    print(write_tiny_model(sys.argv[1] if len(sys.argv) > 1 else tiny_model_path()))
+    from absl import flags
+
+    from ptlearn import cli
+
+    flags.DEFINE_string("out", str(tiny_model_path()), "the folder to write")
+    cli.run(main)

@@ -12,18 +12,15 @@ whatever order the raw files are listed in.
 This module also holds the split helpers the converters share.
 """
 
-import argparse
 import dataclasses
 import hashlib
 import importlib
-import json
 import pathlib
-import sys
 from collections.abc import Hashable, Sequence
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 from ptlearn.data.jsonl import write_jsonl
-from ptlearn.errors import DataError, PtlearnError
+from ptlearn.errors import DataError
 
 T = TypeVar("T")
 
@@ -172,55 +169,44 @@ def prepare(
     }
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line on stderr, not a usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+AGREEMENTS = ("50", "66", "75", "all")
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    """The command line: one sub-command per data set, each with its own options."""
-    parser = _OneLineParser(
-        prog="python -m ptlearn.data.prepare",
-        description="Convert a raw reference data set into train/val/test task jsonl files.",
-    )
-    datasets = parser.add_subparsers(dest="dataset", required=True, parser_class=_OneLineParser)
-    for name in CONVERTERS:
-        sub = datasets.add_parser(name, help=f"convert the {name} data set")
-        sub.add_argument(
-            "--raw_dir",
-            default=str(DEFAULT_RAW_ROOT),
-            help="the data set's folder or the folder holding it (default: %(default)s)",
-        )
-        sub.add_argument("--out_dir", required=True, help="where {train,val,test}.jsonl go")
-        sub.add_argument("--seed", type=int, default=DEFAULT_SEED, help="split seed")
-        if name == "financial_phrasebank":
-            sub.add_argument(
-                "--agreement",
-                choices=("50", "66", "75", "all"),
-                default="all",
-                help="minimum annotator agreement: picks Sentences_<X>Agree.txt",
-            )
-    return parser
+def main(argv: Sequence[str]) -> None:
+    """`python -m ptlearn.data.prepare DATASET --raw_dir=D --out_dir=D`: writes the splits,
+    a line per file, then the summary as one JSON line."""
+    from absl import flags
 
+    from ptlearn import cli
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line; returns the exit status (0, or 1 for a data error)."""
-    args = vars(_build_parser().parse_args(argv))
-    dataset, raw_dir, out_dir = args.pop("dataset"), args.pop("raw_dir"), args.pop("out_dir")
-    try:
-        summary = prepare(dataset, raw_dir, out_dir, **args)
-    except PtlearnError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    if len(argv) != 2:
+        cli.fail(f"give one data set before the --flags: {' | '.join(CONVERTERS)}")
+    dataset, f = argv[1], flags.FLAGS
+    options = {}
+    if f["agreement"].present and dataset != "financial_phrasebank":
+        cli.fail("--agreement is an option of financial_phrasebank only")
+    if dataset == "financial_phrasebank":
+        options["agreement"] = f.agreement
+    summary = prepare(dataset, f.raw_dir, f.out_dir, seed=f.seed, **options)
     for name in SPLIT_NAMES:
         print(
-            f"wrote {pathlib.Path(out_dir) / f'{name}.jsonl'}: {summary['records'][name]} records"
+            f"wrote {pathlib.Path(f.out_dir) / f'{name}.jsonl'}: {summary['records'][name]} records"
         )
-    print(json.dumps(summary, ensure_ascii=False))
-    return 0
+    cli.print_json(summary)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from absl import flags
+
+    from ptlearn import cli
+
+    flags.DEFINE_string(
+        "raw_dir", str(DEFAULT_RAW_ROOT), "the data set's folder or the folder holding it"
+    )
+    flags.DEFINE_string("out_dir", None, "where {train,val,test}.jsonl go")
+    flags.DEFINE_integer("seed", DEFAULT_SEED, "split seed")
+    flags.DEFINE_enum(
+        "agreement", "all", AGREEMENTS, "financial_phrasebank: minimum annotator agreement"
+    )
+    flags.mark_flag_as_required("out_dir")
+    cli.run(main)
