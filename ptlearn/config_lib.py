@@ -167,7 +167,7 @@ def base_config() -> ml_collections.ConfigDict:
         accelerator="auto",
         precision="32",
         max_epochs=10,
-        max_steps=-1,  # -1: max_epochs decides
+        max_steps=-1,  # -1: max_epochs decides; 0: no training (score the initial prompt)
         max_time_minutes=0.0,  # 0: no wall-clock limit; else stop (and save) after this long
         log_every_n_steps=10,
         val_check_interval=100,  # steps between validations (and checkpoints)
@@ -321,8 +321,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"model.batch_chains={m.batch_chains}: use 0 (auto) or a divisor of "
             f"model.micro_batch_size={m.micro_batch_size}"
         )
-    if config.trainer.max_steps <= 0 and config.trainer.max_epochs <= 0:
-        raise ConfigError("set trainer.max_steps or trainer.max_epochs to a positive number")
+    if config.trainer.max_steps < 0 and config.trainer.max_epochs <= 0:
+        raise ConfigError("set trainer.max_steps (>= 0) or trainer.max_epochs (> 0)")
     if config.trainer.val_check_interval < 1 or config.trainer.log_every_n_steps < 1:
         raise ConfigError("trainer.val_check_interval and trainer.log_every_n_steps must be >= 1")
     monitor = config.exp_manager.checkpoint_callback_params
@@ -348,6 +348,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 # The seed applications' templates (SPEC sections 2-3); configs pick from these.
+VIRTUAL_MARKER = "<|VIRTUAL_PROMPT_0|>"
 REFERENCE_TASKS = {
     "sentiment": dict(
         prompt_template="<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
@@ -374,13 +375,17 @@ REFERENCE_TASKS = {
 def reference_task(
     taskname: str, virtual_tokens: int = 10, data_dir: str | None = None
 ) -> tuple[ml_collections.ConfigDict, dict[str, str]]:
-    """(template entry, {"train", "validation", "test"} jsonl paths) of a seed application."""
+    """(template entry, {"train", "validation", "test"} jsonl paths) of a seed application;
+    with `virtual_tokens=0` its template without the virtual marker (zero-shot, in-context)."""
     spec = REFERENCE_TASKS[taskname]
+    text = spec["prompt_template"]
+    if not virtual_tokens:
+        text = text.replace(VIRTUAL_MARKER + " ", "")
     template = task_template(
         taskname,
-        spec["prompt_template"],
+        text,
         total_virtual_tokens=virtual_tokens,
-        virtual_token_splits=(virtual_tokens,),
+        virtual_token_splits=(virtual_tokens,) if virtual_tokens else (),
         answer_field=spec["answer_field"],
         truncate_field=spec.get("truncate_field"),
     )

@@ -129,10 +129,12 @@ def init_prompt_table(
             f"model.prompt_tuning.new_prompt_init_methods: task {task!r} has unknown init method "
             f"{method!r}; use one of {', '.join(INIT_METHODS)}"
         )
-    if num_tokens < 1:
-        raise ConfigError(f"task {task!r}: total_virtual_tokens={num_tokens} must be >= 1")
+    if num_tokens < 0:
+        raise ConfigError(f"task {task!r}: total_virtual_tokens={num_tokens} must be >= 0")
     table = jnp.asarray(nn.meta.unbox(embedding_table), jnp.float32)
     vocab_size = table.shape[0]
+    if num_tokens == 0:  # no virtual prompt: the frozen model zero-shot or in-context
+        return jnp.zeros((0, table.shape[1]), jnp.float32)
     if method == "random":
         std = jnp.std(table)
         return std * jax.random.normal(rng, (num_tokens, table.shape[1]), jnp.float32)
@@ -350,7 +352,10 @@ def init_p_tuning(
     for i, (task, num_tokens) in enumerate(task_num_tokens.items()):
         _check_task_name(task)
         if num_tokens < 1:
-            raise ConfigError(f"task {task!r}: total_virtual_tokens={num_tokens} must be >= 1")
+            raise ConfigError(
+                f"task {task!r}: total_virtual_tokens={num_tokens}: p-tuning needs >= 1 (a "
+                "run without virtual tokens is virtual_prompt_style='prompt-tuning')"
+            )
         shape = (num_tokens, config.in_dim)
         values = config.init_std * jax.random.normal(jax.random.fold_in(inputs_rng, i), shape)
         inputs[task] = _box_table(values)
@@ -469,6 +474,8 @@ def combine(
     `tables`); virtual_index: [B, T] int, which virtual token sits there, -1 elsewhere.
     Returns [B, T, E] in token_embeddings' dtype; non-virtual positions are left untouched.
     """
+    if tables.shape[1] == 0:  # no task has virtual tokens (zero-shot, in-context): nothing to write
+        return token_embeddings
     safe_index = jnp.maximum(virtual_index, 0)
     rows = tables[task_id[:, None], safe_index]  # [B, T, E]: one gather
     is_virtual = (virtual_index >= 0)[..., None]

@@ -152,14 +152,16 @@ def _check_types(t: TaskTemplate) -> None:
         raise TemplateError(f"task template taskname must be a non-empty string, got {name!r}")
     if not isinstance(t.prompt_template, str):
         raise _fail(name, f"prompt_template must be a string, got {t.prompt_template!r}")
-    if not _is_int(t.total_virtual_tokens) or t.total_virtual_tokens < 1:
+    if not _is_int(t.total_virtual_tokens) or t.total_virtual_tokens < 0:
         raise _fail(
-            name, f"total_virtual_tokens must be a positive integer, got {t.total_virtual_tokens!r}"
+            name,
+            f"total_virtual_tokens must be an integer >= 0 (0: no virtual prompt, e.g. zero-shot "
+            f"or in-context), got {t.total_virtual_tokens!r}",
         )
     splits = t.virtual_token_splits
     if isinstance(splits, str | bytes) or not isinstance(splits, Sequence):
         raise _fail(name, f"virtual_token_splits must be a list of integers, got {splits!r}")
-    if not splits or not all(_is_int(s) and s >= 1 for s in splits):
+    if (not splits and t.total_virtual_tokens) or not all(_is_int(s) and s >= 1 for s in splits):
         raise _fail(name, f"virtual_token_splits must be positive integers, got {list(splits)}")
     if not isinstance(t.answer_field, str) or not t.answer_field:
         raise _fail(name, f"answer_field must be a non-empty string, got {t.answer_field!r}")

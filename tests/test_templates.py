@@ -139,7 +139,12 @@ def test_optional_keys_take_nemo_defaults():
         ({"prompt_template": "<|VIRTUAL_PROMPT_0|> {sentence:>9} {label}"}, "format spec"),
         ({"prompt_template": "<|VIRTUAL_PROMPT_0|> {} {label}"}, "empty field"),
         ({"virtual_token_splits": [4, 0]}, "positive integers"),
-        ({"total_virtual_tokens": True}, "total_virtual_tokens must be a positive integer"),
+        ({"total_virtual_tokens": True}, "total_virtual_tokens must be an integer >= 0"),
+        ({"total_virtual_tokens": -1}, "total_virtual_tokens must be an integer >= 0"),
+        (
+            {"total_virtual_tokens": 0, "virtual_token_splits": []},
+            "1 virtual marker(s) but virtual_token_splits [] has 0",
+        ),
         ({"answer_only_loss": "yes"}, "answer_only_loss must be true or false"),
         ({"answer_field": ""}, "answer_field must be a non-empty string"),
         ({"prompt_templates": "x"}, "unknown key(s) ['prompt_templates']"),
@@ -150,6 +155,17 @@ def test_invalid_templates_name_task_and_problem(changes, problem):
         parse_task_templates([{**SENTIMENT, **changes}])
     assert "'sentiment'" in str(info.value)
     assert problem in str(info.value)
+
+
+def test_a_template_without_virtual_tokens_is_zero_shot_or_in_context():
+    entry = {
+        **SENTIMENT,
+        "prompt_template": "Profit rose. sentiment: positive\n{sentence} sentiment: {label}",
+        "total_virtual_tokens": 0,
+        "virtual_token_splits": [],
+    }
+    (template,) = parse_task_templates([entry]).values()
+    assert template.total_virtual_tokens == 0 and template.virtual_token_splits == ()
 
 
 def test_missing_key_and_duplicate_task():
