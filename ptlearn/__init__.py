@@ -31,12 +31,15 @@ def train(
 ) -> Run:
     """Trains `config`'s prompts in `workdir` (resuming the run there, if any) -> its Run.
 
-    The same run as `python -m ptlearn.train --config=... --workdir=...`; a workdir that holds
-    a run under another config is refused unless `allow_config_change`.
+    The same run as `python -m ptlearn.train --config=... --workdir=...` (multi-process runs
+    included: `config.distributed` initialises JAX's runtime); a workdir that holds a run
+    under another config is refused unless `allow_config_change`. Progress goes to stderr
+    through the "ptlearn" logger.
     """
-    from ptlearn import run_log, training
+    from ptlearn import distributed, run_log, training
 
-    run_log.console_logging()
+    run_log.console_logging(command=False)
+    distributed.initialize(config.distributed)
     return training.train_and_evaluate(
         config, str(workdir), allow_config_change=allow_config_change
     )

@@ -21,10 +21,10 @@ from typing import Any
 
 from ptlearn.errors import ConfigError
 
-Arm = dict[str, Any]
+Settings = dict[str, Any]  # one arm's {axis name: value}
 
 
-def sweep(name: str, values: Iterable[Any]) -> list[Arm]:
+def sweep(name: str, values: Iterable[Any]) -> list[Settings]:
     """One axis: an arm per value."""
     values = list(values)
     if not values:
@@ -32,17 +32,17 @@ def sweep(name: str, values: Iterable[Any]) -> list[Arm]:
     return [{name: v} for v in values]
 
 
-def fixed(name: str, value: Any) -> list[Arm]:
+def fixed(name: str, value: Any) -> list[Settings]:
     """A setting every arm shares."""
     return [{name: value}]
 
 
-def product(axes: Sequence[list[Arm]]) -> list[Arm]:
+def product(axes: Sequence[list[Settings]]) -> list[Settings]:
     """Every combination of the axes' arms (the last axis varies fastest)."""
     return [_merge(combo) for combo in itertools.product(*axes)]
 
 
-def zipit(axes: Sequence[list[Arm]]) -> list[Arm]:
+def zipit(axes: Sequence[list[Settings]]) -> list[Settings]:
     """The axes' arms side by side; they must be equally long."""
     lengths = {len(a) for a in axes}
     if len(lengths) > 1:
@@ -50,13 +50,13 @@ def zipit(axes: Sequence[list[Arm]]) -> list[Arm]:
     return [_merge(combo) for combo in zip(*axes, strict=True)]
 
 
-def chainit(axes: Sequence[list[Arm]]) -> list[Arm]:
+def chainit(axes: Sequence[list[Settings]]) -> list[Settings]:
     """The axes' arms one list after another."""
     return [arm for axis in axes for arm in axis]
 
 
-def _merge(arms: Iterable[Arm]) -> Arm:
-    merged: Arm = {}
+def _merge(arms: Iterable[Settings]) -> Settings:
+    merged: Settings = {}
     for arm in arms:
         clash = set(merged) & set(arm)
         if clash:
@@ -79,12 +79,17 @@ def parse_values(text: str) -> list[Any]:
     return values
 
 
-def with_axis(arms: list[Arm], name: str, values: Sequence[Any]) -> list[Arm]:
+def with_axis(arms: list[Settings], name: str, values: Sequence[Any]) -> list[Settings]:
     """The arms with axis `name` set to `values`: replacing (or narrowing) its declared values,
-    or adding it as a new axis crossed with the others."""
+    or adding it as a new axis crossed with the others.
+
+    The new values are crossed with every distinct setting of the other axes, which is exact
+    for a `product`; an axis declared in a `zipit` loses its pairing, and one in a `chainit`
+    is crossed with settings of the other parts too (e.g. an untrained method with all seeds).
+    """
     if not values:
         raise ConfigError(f"--sweep.{name}: give at least one value")
-    others: list[Arm] = []
+    others: list[Settings] = []
     for arm in arms:
         rest = {k: v for k, v in arm.items() if k != name}
         if rest not in others:
@@ -92,7 +97,7 @@ def with_axis(arms: list[Arm], name: str, values: Sequence[Any]) -> list[Arm]:
     return product([others or [{}], sweep(name, values)])
 
 
-def expand(module: Any, replaced: dict[str, Sequence[Any]]) -> list[Arm]:
+def expand(module: Any, replaced: dict[str, Sequence[Any]]) -> list[Settings]:
     """The arms of a config module's `get_hyper(h)` (one empty arm without it), with
     command-line axes applied in order."""
     import ptlearn.hyper as h
@@ -105,7 +110,7 @@ def expand(module: Any, replaced: dict[str, Sequence[Any]]) -> list[Arm]:
         )
     for name, values in replaced.items():
         arms = with_axis(arms, name, values)
-    unique: list[Arm] = []
+    unique: list[Settings] = []
     for arm in arms:
         if arm not in unique:
             unique.append(arm)

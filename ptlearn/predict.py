@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import pathlib
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,6 +25,7 @@ from ptlearn import distributed, metrics, prompted, sharding, templates
 from ptlearn.config_lib import inference_config
 from ptlearn.data import batching, jsonl
 from ptlearn.errors import CheckpointError, PtlearnError
+from ptlearn.files import write_text_atomic
 from ptlearn.generate import Sampling, decode, gather_rows, generate, prefix_cache
 from ptlearn.gpt import GPT, GPTConfig, cache_length, serving_layout
 
@@ -482,37 +481,42 @@ def score(
 
 
 def main(argv: Sequence[str]) -> None:
-    """absl entry point (flags parsed by app.run)."""
+    """Predicts --data with --prompt_model into --pred_file; prints the metrics as JSON."""
     del argv
-    flags = _FLAGS
-    try:
-        c = flags.config
-        mesh = sharding.make_mesh(
-            c.model.tensor_model_parallel_size,
-            c.mesh.fsdp,
-            sharding.select_devices(c.trainer.devices),
+    from absl import flags
+    from ml_collections import config_flags
+
+    from ptlearn import cli
+
+    f = flags.FLAGS
+    c = f.config
+    mesh = sharding.make_mesh(
+        c.model.tensor_model_parallel_size, c.mesh.fsdp, sharding.select_devices(c.trainer.devices)
+    )
+    rules = sharding.rules_from_config(c.mesh.rules)
+    lm, _ = load_prompted_lm(f.prompt_model, f.model, mesh=mesh, rules=rules)
+    records = list(jsonl.iter_numbered_jsonl(f.data))
+    if not records:
+        raise PtlearnError(f"--data={f.data}: the file holds no examples")
+    # The options the model was trained with, then only what the command line changes: the
+    # CLI, ptlearn.load(...).predict and the run's test_metrics.json give the same answers.
+    given = config_flags.get_override_values(f["config"])
+    inference = with_options(
+        lm.inference,
+        {k.removeprefix("inference."): v for k, v in given.items() if k.startswith("inference.")},
+    )
+    with sharding.activate(mesh, rules):
+        predictions = predict_records(
+            lm, records, inference, label_sets=lm.label_sets, source=f.data
         )
-        rules = sharding.rules_from_config(c.mesh.rules)
-        lm, artifact = load_prompted_lm(flags.prompt_model, flags.model, mesh=mesh, rules=rules)
-        records = list(jsonl.iter_numbered_jsonl(flags.data))
-        if not records:
-            raise PtlearnError(f"--data={flags.data}: the file holds no examples")
-        with sharding.activate(mesh, rules):
-            predictions = predict_records(
-                lm, records, c.inference, label_sets=artifact.label_sets, source=flags.data
-            )
-        out = pathlib.Path(flags.pred_file)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("".join(p.replace("\n", "\\n") + "\n" for p in predictions))
-        results = score(lm, records, predictions)
-    except PtlearnError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    out = pathlib.Path(f.pred_file)
+    write_text_atomic(out, "".join(p.replace("\n", "\\n") + "\n" for p in predictions))
+    results = score(lm, records, predictions)
     summary: dict[str, Any] = {"n_predictions": len(predictions), "pred_file": str(out)}
     if len(results) == 1:
         summary.update(next(iter(results.values())))
     summary["tasks"] = results
-    print(json.dumps(summary))
+    cli.print_json(summary)
 
 
 def _define_flags():
@@ -538,11 +542,10 @@ def _define_flags():
     )
     config_flags.DEFINE_config_dict("config", config)
     flags.mark_flags_as_required(["prompt_model", "data", "pred_file"])
-    return flags.FLAGS
 
 
 if __name__ == "__main__":
-    from absl import app
+    from ptlearn import cli
 
-    _FLAGS = _define_flags()
-    app.run(main)
+    _define_flags()
+    cli.run(main)

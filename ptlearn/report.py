@@ -13,7 +13,6 @@ Writes into W:
 
 from __future__ import annotations
 
-import json
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -21,9 +20,10 @@ from typing import Any
 from ptlearn import runs
 from ptlearn.errors import ConfigError
 from ptlearn.run_log import read_metrics
+from ptlearn.sweep import SWEEP_FILE
 
 # Row keys that are bookkeeping, not results: left out of the tables.
-NOT_METRICS = ("step", "epoch", "lr", "elapsed_s", "val_time_s", "grad_norm", "stopped")
+NOT_METRICS = ("step", "epoch", "lr", "elapsed_s", "val_time_s", "grad_norm")
 
 
 def _is_seed(axis: str) -> bool:
@@ -43,21 +43,25 @@ def _metrics(prefix: str, row: dict[str, Any], keep) -> dict[str, float]:
 
 def arm_rows(workdir: pathlib.Path) -> tuple[list[dict[str, Any]], list[str]]:
     """(one dict per arm: settings, status and results; the sweep's axes)."""
-    state = _read_state(workdir)
+    state = runs.read_json(workdir / SWEEP_FILE)
     if state:
         arms, axes = state["arms"], list(state["axes"])
-    elif (workdir / runs.RESULT_FILE).is_file():
+    elif runs.is_finished(workdir):
         arms, axes = [{"name": ".", "settings": {}, "status": "finished"}], []
     else:
-        raise ConfigError(f"{workdir}: neither a sweep (sweep.json) nor a finished run")
+        raise ConfigError(f"{workdir}: neither a sweep ({SWEEP_FILE}) nor a finished run")
     rows = []
     for arm in arms:
         folder = workdir / arm["name"]
         row: dict[str, Any] = {"arm": arm["name"], **arm["settings"], "status": arm["status"]}
-        if runs.is_finished(folder):
+        # The sweep's word counts: an arm it refused (its workdir holds another config's run)
+        # keeps that run's result.json, which must not enter the table.
+        if arm["status"] == "running" and runs.is_finished(folder):
+            row["status"] = "finished"  # the sweep was stopped after this arm ended
+        if row["status"] == "finished" and runs.is_finished(folder):
             run = runs.Run.from_workdir(folder)
             row.update(
-                status="finished",
+                stopped=run.stopped or "",
                 steps=run.final_step,
                 best_step=run.best_step,
                 wall_time_min=run.wall_time_s / 60,
@@ -76,7 +80,7 @@ def aggregate(arms: Any, axes: Sequence[str]) -> Any:
     """One row per setting of the non-seed axes: `<col>_mean`, `<col>_std`, `seeds`."""
     finished = arms[arms["status"] == "finished"]
     keys = [a for a in axes if not _is_seed(a)]
-    values = [c for c in finished.columns if c not in (*axes, "arm", "status", "error")]
+    values = [c for c in finished.columns if c not in (*axes, "arm", "status", "error", "stopped")]
     values = [c for c in values if finished[c].dtype.kind in "fiu"]
     if keys:
         grouped = finished.groupby(keys, sort=False, dropna=False)[values]
@@ -126,6 +130,8 @@ def plot_axis(table: Any, axis: str, axes: Sequence[str], path: pathlib.Path) ->
     import matplotlib.pyplot as plt
 
     metrics = headline_metrics(table)
+    if not metrics:
+        return
     others = [a for a in axes if a != axis and not _is_seed(a)]
     fig, panels = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6), squeeze=False)
     groups = table.groupby(others, sort=False) if others else [((), table)]
@@ -198,11 +204,13 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     rows, axes = arm_rows(workdir)
     arms = pd.DataFrame(rows)
+    for old in [*out.glob("plot_*.png"), out / "curves.png", out / "results.csv"]:
+        old.unlink(missing_ok=True)  # the report's own outputs of an earlier state
     written = {"arms": str(out / "arms.csv")}
     arms.to_csv(written["arms"], index=False)
     failed = arms[arms["status"] != "finished"]
     lines = [f"# Results: {workdir.name}", ""]
-    command = _read_state(workdir).get("command")
+    command = runs.read_json(workdir / SWEEP_FILE).get("command")
     if command:
         lines += [
             "Made by:",
@@ -229,11 +237,15 @@ def write_report(
             "",
         ]
         swept = [a for a in axes if not _is_seed(a) and table[a].nunique() > 1]
-        for axis in swept:
+        for axis in swept if headline_metrics(table) else []:
             path = out / f"plot_{axis.replace('/', '_')}.png"
             plot_axis(table, axis, axes, path)
             written[f"plot_{axis}"] = str(path)
             lines.append(f"![{axis}]({path.name})")
+        short = arms[(arms["status"] == "finished") & (arms.get("stopped", "") != "")]
+        if len(short):
+            names = ", ".join(f"`{a}`" for a in short["arm"])
+            lines += ["", f"Stopped early (trainer.max_time_minutes): {names}.", ""]
         plot_curves(workdir, arms, out / "curves.png")
         written["curves"] = str(out / "curves.png")
         lines += ["![training and validation curves](curves.png)", ""]
@@ -246,11 +258,6 @@ def write_report(
     (out / "results.md").write_text("\n".join(lines))
     written["markdown"] = str(out / "results.md")
     return written
-
-
-def _read_state(workdir: pathlib.Path) -> dict[str, Any]:
-    path = workdir / "sweep.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def main(argv: Sequence[str]) -> None:

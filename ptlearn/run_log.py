@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Any
 
+from ptlearn.files import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
@@ -33,16 +35,20 @@ class RunLog:
         total_steps: int,
         enabled: bool = True,
         started: float | None = None,
+        resume_step: int = 0,
     ):
         self.enabled = enabled
         self.total_steps = total_steps
-        # The run's clock: this session's start (default now) less the earlier sessions' time.
-        self.start = (started or time.time()) - self.previous_elapsed(workdir)
+        # The run's clock: this session's start (default now) less the earlier sessions' time
+        # (all of it, the work redone after a kill included; none for a run from step 0).
+        earlier = self.previous_elapsed(workdir) if resume_step else 0.0
+        self.start = (started or time.time()) - earlier
         self.bar = None
         if not enabled:
             return
         workdir = pathlib.Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
+        self._keep_rows_up_to(workdir, resume_step)
         self.metrics_file = open(workdir / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115
         from tensorboardX import SummaryWriter
 
@@ -53,16 +59,27 @@ class RunLog:
             self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True)
 
     @staticmethod
+    def _keep_rows_up_to(workdir: pathlib.Path, step: int) -> None:
+        """Drops the rows a resumed run is about to log again (those past its checkpoint), so
+        metrics.jsonl holds each step once."""
+        rows = read_metrics(workdir)
+        kept = [r for r in rows if int(r.get("step", 0)) <= step]
+        if len(kept) != len(rows):
+            text = "".join(json.dumps(r) + "\n" for r in kept)
+            write_text_atomic(workdir / METRICS_FILE, text)
+
+    @staticmethod
     def previous_elapsed(workdir: str | pathlib.Path) -> float:
         """The last `elapsed_s` in the workdir's metrics.jsonl (0 for a new run)."""
-        rows = [r for r in read_metrics(workdir) if "elapsed_s" in r]
-        return float(rows[-1]["elapsed_s"]) if rows else 0.0
+        return max(
+            (float(r["elapsed_s"]) for r in read_metrics(workdir) if "elapsed_s" in r), default=0.0
+        )
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         """Records `values` at `step` (floats go to TensorBoard too)."""
         if not self.enabled:
             return
-        record = {"step": int(step), **{k: _plain(v) for k, v in values.items()}}
+        record = {"step": int(step), **{k: plain(v) for k, v in values.items()}}
         record["elapsed_s"] = round(self.elapsed, 3)
         self.metrics_file.write(json.dumps(record) + "\n")
         self.metrics_file.flush()
@@ -113,18 +130,23 @@ class RunLog:
         self.tensorboard.close()
 
 
-def console_logging(level: str = "warning") -> None:
-    """ptlearn's INFO lines on stderr as `HH:MM:SS message`; jax, orbax and absl (orbax logs
-    through absl) only from `level` up. Idempotent."""
-    from absl import logging as absl_logging
+def console_logging(level: str | None = "warning", *, command: bool = True) -> None:
+    """ptlearn's INFO lines on stderr as `HH:MM:SS message`. For a command (`python -m
+    ptlearn.X`, whose module logs as "__main__") also jax, orbax and absl (orbax logs through
+    absl) only from `level` up; from Python (`command=False`) the caller's own logging set-up
+    of everything but the "ptlearn" logger is left alone. Idempotent."""
+    level = level or "warning"
+    names = ["ptlearn"]
+    if command:
+        from absl import logging as absl_logging
 
-    absl_logging.set_verbosity(level)
-    for name in ("absl", "jax", "orbax"):
-        logging.getLogger(name).setLevel(level.upper())
+        absl_logging.set_verbosity(level)
+        for name in ("absl", "jax", "orbax"):
+            logging.getLogger(name).setLevel(level.upper())
+        names.append("__main__")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    # "__main__": the module a `python -m ptlearn.X` runs logs under that name.
-    for name in ("ptlearn", "__main__"):
+    for name in names:
         own = logging.getLogger(name)
         own.setLevel(min(logging.INFO, logging.getLevelName(level.upper())))
         if not any(getattr(h, "_ptlearn", False) for h in own.handlers):
@@ -154,7 +176,8 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A numpy / JAX scalar as a plain number (for JSON); anything else as it is."""
     if hasattr(value, "item") and getattr(value, "size", 2) == 1:
         return value.item()
     return value

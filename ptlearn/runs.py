@@ -1,9 +1,9 @@
 """What a training run leaves in its workdir: the record of what made it, and what it gave.
 
-Before the first step `start_record` writes `config.json` (the resolved config), `config.txt`
-(the same, readable) and `run_record.json` (package versions, the git commit of ptlearn's
-checkout when there is one, SHA-256 of every data file), or, when the workdir already holds a
-run, refuses a different config or changed data with one line naming what changed. At the end
+Before the first step `check_record` refuses a workdir that holds a run under a different config
+or changed data (one line naming what changed), then `write_record` writes `config.json` (the
+resolved config), `config.txt` (the same, readable) and `run_record.json` (package versions,
+the git commit of ptlearn's checkout when there is one, SHA-256 of every data file). At the end
 `finish` writes `result.json`; `Run.from_workdir` reads everything back (the sweep and the
 report use it).
 """
@@ -102,13 +102,14 @@ def git_state() -> dict[str, Any]:
     """{"commit", "dirty"} of the git checkout ptlearn runs from; {} when it is not one."""
     source = pathlib.Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "HEAD"],
+        top = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "--show-toplevel", "HEAD"],
             capture_output=True,
             text=True,
             timeout=10,
         )
-        if commit.returncode != 0:
+        # Only ptlearn's own checkout: an installed copy inside some other repository is not.
+        if top.returncode != 0 or pathlib.Path(top.stdout.split()[0]) != source.parent:
             return {}
         status = subprocess.run(
             ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
@@ -118,7 +119,7 @@ def git_state() -> dict[str, Any]:
         )
     except (OSError, subprocess.TimeoutExpired):
         return {}
-    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    return {"commit": top.stdout.split()[1], "dirty": bool(status.stdout.strip())}
 
 
 def data_files(config: ml_collections.ConfigDict) -> list[str]:
@@ -147,46 +148,59 @@ def run_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
     }
 
 
-def start_record(
-    workdir: pathlib.Path, record: Mapping[str, Any], *, allow_config_change: bool = False
-) -> None:
-    """Writes the record into a new workdir, or checks it against the run already there.
-
-    A different config (placement keys aside) or a changed data file is refused with one line
-    naming them; with `allow_config_change` the old config is kept as `config.<time>.json`.
+def conflicts(workdir: pathlib.Path, record: Mapping[str, Any]) -> list[str]:
+    """What differs between `record` and the run already in `workdir` ([] for none): one
+    `key: old -> new` per changed config key (placement keys aside), one per changed data file.
     """
     config_path = workdir / CONFIG_FILE
-    if config_path.is_file():
-        try:
-            old = json.loads(config_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{config_path}: damaged ({err}); move the workdir aside") from None
-        changes = changed_keys(old, record["config"])
-        old_data = _read_json(workdir / RECORD_FILE).get("data", {})
-        changes += [
-            f"data file {name}"
-            for name, digest in record["data"].items()
-            if name in old_data and old_data[name] != digest
-        ]
-        if changes and not allow_config_change:
-            shown = ", ".join(_describe(k, old, record["config"]) for k in changes[:6])
-            more = f" and {len(changes) - 6} more" if len(changes) > 6 else ""
-            raise ConfigError(
-                f"{workdir} holds a run under another config ({shown}{more}); use a new "
-                f"workdir, or pass {ALLOW_FLAG} to continue this one under the new config"
-            )
-        if changes:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            config_path.rename(workdir / f"config.{stamp}.json")
+    if not config_path.is_file():
+        return []
+    try:
+        old = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{config_path}: damaged ({err}); move the workdir aside") from None
+    changes = [_describe(k, old, record["config"]) for k in changed_keys(old, record["config"])]
+    old_data = read_json(workdir / RECORD_FILE).get("data", {})
+    return changes + [
+        f"data file {name} changed"
+        for name, digest in record["data"].items()
+        if name in old_data and old_data[name] != digest
+    ]
+
+
+def check_record(
+    workdir: pathlib.Path, record: Mapping[str, Any], *, allow_config_change: bool = False
+) -> list[str]:
+    """Refuses a workdir that holds a run under another config (one line naming what
+    changed, and the flag that allows it); returns the changes it allows."""
+    changes = conflicts(workdir, record)
+    if changes and not allow_config_change:
+        shown = ", ".join(changes[:6]) + (
+            f" and {len(changes) - 6} more" if len(changes) > 6 else ""
+        )
+        raise ConfigError(
+            f"{workdir} holds a run under another config ({shown}); use a new workdir, or "
+            f"pass {ALLOW_FLAG} to continue this one under the new config"
+        )
+    return changes
+
+
+def write_record(workdir: pathlib.Path, record: Mapping[str, Any], *, changed: bool) -> None:
+    """Writes config.json, config.txt and run_record.json. After an allowed change the old
+    record, config and results are kept beside as `<name>.<time>.json`, so the workdir's
+    result is never the old run's under the new config."""
     workdir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(config_path, json.dumps(record["config"], indent=1) + "\n")
+    if changed:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for name in (CONFIG_FILE, RECORD_FILE, RESULT_FILE, TEST_METRICS_FILE):
+            if (workdir / name).is_file():
+                (workdir / name).rename(workdir / f"{pathlib.Path(name).stem}.{stamp}.json")
+    write_text_atomic(workdir / CONFIG_FILE, json.dumps(record["config"], indent=1) + "\n")
     write_text_atomic(workdir / CONFIG_TEXT, _readable(record["config"]))
     write_text_atomic(workdir / RECORD_FILE, json.dumps(record, indent=1) + "\n")
 
 
 def _describe(key: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    if key.startswith("data file "):
-        return f"{key} changed"
     a, b = flatten(old), flatten(new)
     return f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}"
 
@@ -195,7 +209,8 @@ def _readable(config: Mapping[str, Any]) -> str:
     return "".join(f"{k} = {v!r}\n" for k, v in flatten(config).items())
 
 
-def _read_json(path: pathlib.Path) -> dict[str, Any]:
+def read_json(path: pathlib.Path) -> dict[str, Any]:
+    """A JSON object file's contents; {} when it is missing or damaged."""
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -232,7 +247,7 @@ class Run:
     def from_workdir(cls, workdir: str | pathlib.Path) -> Run:
         """The finished run in `workdir` (its result.json and metrics.jsonl)."""
         path = pathlib.Path(workdir) / RESULT_FILE
-        summary = _read_json(path)
+        summary = read_json(path)
         if not summary:
             raise ConfigError(f"{path}: missing or damaged; the run in {workdir} did not finish")
         fields = {f.name for f in dataclasses.fields(cls)} - {"history"}
@@ -241,7 +256,7 @@ class Run:
 
 def is_finished(workdir: str | pathlib.Path) -> bool:
     """True once the run in `workdir` wrote its result."""
-    return bool(_read_json(pathlib.Path(workdir) / RESULT_FILE))
+    return bool(read_json(pathlib.Path(workdir) / RESULT_FILE))
 
 
 def summarise(

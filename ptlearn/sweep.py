@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -34,13 +35,14 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ptlearn import config_lib, hyper, runs
+from ptlearn import config_lib, files, hyper, runs
 from ptlearn.errors import ConfigError
-from ptlearn.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 SWEEP_FILE = "sweep.json"
+# Keys that name one run's own folder: shared by all arms they would overwrite each other.
+PER_RUN_KEYS = ("model.nemo_path", "exp_manager.explicit_log_dir")
 ARM_LOG = "train.log"
 SWEEP_FLAG = "--sweep."
 
@@ -52,7 +54,7 @@ class Arm:
     name: str
     settings: dict[str, Any]
     command: list[str]
-    config: dict[str, Any]  # the resolved config (runs.config_dict), to check its workdir
+    record: dict[str, Any]  # its runs.run_record, to check the run already in its workdir
     status: str = "pending"  # pending | running | finished | failed
     error: str = ""
 
@@ -73,12 +75,17 @@ def split_sweep_flags(argv: Sequence[str]) -> tuple[dict[str, list[Any]], list[s
 
 
 def arm_name(settings: Mapping[str, Any]) -> str:
-    """`{"virtual": 5, "model.seed": 0}` -> "virtual=5,seed=0" (a folder name)."""
+    """`{"virtual": 5, "model.seed": 0}` -> "virtual=5,seed=0" (a folder name; past 120
+    characters, or when a value needed escaping, a hash of the settings keeps it unique)."""
     short = {k: k.removeprefix("model.") for k in settings}
     if len(set(short.values())) < len(short):
         short = {k: k for k in settings}
     parts = [f"{short[k]}={_flag_value(v)}" for k, v in settings.items()]
-    name = ",".join(parts).replace("/", "_").replace(" ", "")
+    raw = ",".join(parts)
+    name = raw.replace("/", "_").replace(" ", "")
+    if name != raw or len(name) > 120:
+        digest = hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()[:10]
+        name = f"{name[:100]}~{digest}"
     return name or "run"
 
 
@@ -88,9 +95,18 @@ def _flag_value(value: Any) -> str:
 
 
 def _merged_arg(base: str | None, settings: Mapping[str, Any]) -> str:
-    pairs = dict(item.partition("=")[::2] for item in (base or "").split(",") if item)
-    pairs.update({k: _flag_value(v) for k, v in settings.items() if "." not in k})
-    return ",".join(f"{k}={v}" for k, v in pairs.items())
+    """The config argument with the arm's argument settings put in (`key` alone, a flag,
+    stays as written)."""
+    items = [item for item in (base or "").split(",") if item]
+    pairs = {item.partition("=")[0]: item for item in items}
+    for key, value in settings.items():
+        if "." in key:
+            continue
+        text = _flag_value(value)
+        if "," in text:
+            raise ConfigError(f"sweep axis {key!r}: the value {text!r} holds a ','")
+        pairs[key] = f"{key}={text}"
+    return ",".join(pairs.values())
 
 
 def plan(
@@ -110,6 +126,11 @@ def plan(
             raise ConfigError(
                 f"--config.{both[0]} is also a sweep axis; fix it with --sweep.{both[0]}=VALUE"
             )
+        for key in PER_RUN_KEYS:
+            if {**overrides, **keys}.get(key):
+                raise ConfigError(
+                    f"--config.{key} would put every arm in one place; leave it empty"
+                )
         arg = _merged_arg(base_arg, settings)
         try:
             config = config_lib.load_config(str(path), arg or None, **overrides, **keys)
@@ -124,22 +145,8 @@ def plan(
             f"--workdir={folder}",
             *(f"--config.{k}={_flag_value(v)}" for k, v in {**overrides, **keys}.items()),
         ]
-        arms.append(Arm(arm_name(settings), dict(settings), command, runs.config_dict(config)))
+        arms.append(Arm(arm_name(settings), dict(settings), command, runs.run_record(config)))
     return arms
-
-
-def _conflict(arm: Arm, folder: pathlib.Path) -> str:
-    """Why the arm's workdir holds another run ("" when it holds none or this one)."""
-    path = folder / runs.CONFIG_FILE
-    if not path.is_file():
-        return ""
-    try:
-        changed = runs.changed_keys(json.loads(path.read_text()), arm.config)
-    except json.JSONDecodeError:
-        return f"{path} is damaged"
-    if changed:
-        return f"{folder} holds a run under another config ({', '.join(changed[:4])})"
-    return ""
 
 
 def _last_error(log: pathlib.Path) -> str:
@@ -182,9 +189,9 @@ def device_groups(parallel: int) -> list[dict[str, str]]:
 def _write_state(workdir: pathlib.Path, header: Mapping[str, Any], arms: list[Arm]) -> None:
     body = {
         **header,
-        "arms": [{k: v for k, v in dataclasses.asdict(a).items() if k != "config"} for a in arms],
+        "arms": [{k: v for k, v in dataclasses.asdict(a).items() if k != "record"} for a in arms],
     }
-    write_text_atomic(workdir / SWEEP_FILE, json.dumps(body, indent=1) + "\n")
+    files.write_text_atomic(workdir / SWEEP_FILE, json.dumps(body, indent=1) + "\n")
 
 
 def run_sweep(
@@ -200,7 +207,19 @@ def run_sweep(
     """Runs the arms that have not finished (`parallel` at a time), records each arm's status
     in W/sweep.json, then writes the report. Returns the arms."""
     workdir = pathlib.Path(workdir)
-    overrides, replaced = dict(overrides or {}), dict(replaced or {})
+    with files.exclusive(workdir, "sweep"):
+        return _run_sweep(
+            config_spec,
+            workdir,
+            dict(overrides or {}),
+            dict(replaced or {}),
+            parallel,
+            report,
+            command,
+        )
+
+
+def _run_sweep(config_spec, workdir, overrides, replaced, parallel, report, command) -> list[Arm]:
     arms = plan(config_spec, workdir, overrides, replaced)
     groups = device_groups(parallel)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -213,7 +232,10 @@ def run_sweep(
     todo = []
     for arm in arms:
         folder = workdir / arm.name
-        conflict = _conflict(arm, folder)
+        try:
+            conflict = runs.check_record(folder, arm.record)
+        except ConfigError as err:
+            conflict = str(err)
         if conflict:
             arm.status, arm.error = "failed", conflict
         elif runs.is_finished(folder):

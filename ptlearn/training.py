@@ -28,7 +28,9 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ptlearn import (
+    config_lib,
     distributed,
+    files,
     gpt,
     masking,
     optim,
@@ -43,7 +45,6 @@ from ptlearn.checkpoints.prompt_model import PromptModel, save_prompt_model
 from ptlearn.checkpoints.train_state import TrainCheckpoints
 from ptlearn.data import batching
 from ptlearn.errors import ConfigError, DataError
-from ptlearn.files import write_text_atomic
 from ptlearn.run_log import RunLog
 from ptlearn.train_setup import Setup, init_prompt_params, setup
 
@@ -62,6 +63,8 @@ def freeze_rules(s: Setup) -> list[tuple[str, str]]:
 def make_optimizer(config: ml_collections.ConfigDict, total_steps: int, labels: Any):
     """The optimizer (with set_to_zero for frozen labels) and its learning-rate schedule."""
     o = config.model.optim
+    if total_steps == 0:  # nothing trains (zero-shot / in-context runs): any valid schedule
+        total_steps = o.sched.warmup_steps + o.sched.constant_steps + 1
     schedule = optim.make_schedule(
         o.sched.name,
         lr=o.lr,
@@ -236,8 +239,9 @@ def _steps_per_epoch(s: Setup) -> int:
 
 
 def total_steps(s: Setup) -> int:
-    """trainer.max_steps, or max_epochs worth of whole global batches."""
-    if s.config.trainer.max_steps > 0:
+    """trainer.max_steps (0: none, only the initial prompt is scored), or max_epochs worth of
+    whole global batches."""
+    if s.config.trainer.max_steps >= 0:
         return int(s.config.trainer.max_steps)
     return int(s.config.trainer.max_epochs) * _steps_per_epoch(s)
 
@@ -412,13 +416,23 @@ def train_and_evaluate(
     A workdir that holds a run under another config is refused (naming the changed keys)
     unless `allow_config_change`; one that holds this config's run resumes it.
     """
-    started = time.time()
     workdir_path = pathlib.Path(config.exp_manager.explicit_log_dir or workdir)
+    if not distributed.is_writer():
+        return _train_and_evaluate(config, workdir_path, allow_config_change)
+    with files.exclusive(workdir_path, "run"):  # one run per workdir (SPEC 9)
+        return _train_and_evaluate(config, workdir_path, allow_config_change)
+
+
+def _train_and_evaluate(config, workdir_path, allow_config_change) -> runs.Run:
+    started = time.time()
+    config_lib.validate(config)
+    # Checked before the model loads (a refused rerun costs nothing), written once the data
+    # proved readable (a failed setup leaves no record that would refuse the fixed config).
+    record = runs.run_record(config)
+    changed = runs.check_record(workdir_path, record, allow_config_change=allow_config_change)
     s = setup(config)
     if distributed.is_writer():
-        runs.start_record(
-            workdir_path, runs.run_record(config), allow_config_change=allow_config_change
-        )
+        runs.write_record(workdir_path, record, changed=bool(changed))
     trainer = config.trainer
     steps = total_steps(s)
     state, frozen, tx, schedule = init_state(s, steps)
@@ -437,7 +451,13 @@ def train_and_evaluate(
         state = TrainCheckpoints(
             resume_from, save_top_k=1, monitor=monitor.monitor, mode=monitor.mode
         ).restore(state)
-    log = RunLog(workdir_path, total_steps=steps, enabled=distributed.is_writer(), started=started)
+    log = RunLog(
+        workdir_path,
+        total_steps=steps,
+        enabled=distributed.is_writer(),
+        started=started,
+        resume_step=int(state["step"]),
+    )
     try:
         # Jitted steps are traced under the mesh's axis rules (the activation constraints).
         with sharding.activate(s.mesh, s.rules):
@@ -445,7 +465,7 @@ def train_and_evaluate(
                 s, state, frozen, tx, schedule, checkpoints, log, steps
             )
             checkpoints.wait()
-            return _finish(s, state, frozen, checkpoints, workdir_path, step, stopped, log)
+            return _finish(s, state, frozen, checkpoints, workdir_path, step, stopped, log, record)
     finally:
         log.close()
         checkpoints.close()
@@ -457,10 +477,12 @@ def _train_loop(s, state, frozen, tx, schedule, checkpoints, log, steps):
     trainer = s.config.trainer
     train_step = make_train_step(s, tx)
     eval_step = make_eval_step(s)
+    step = int(state["step"])
+    if step >= steps:  # finished, or max_steps=0: no batch is ever needed
+        return state, step, None
     batches = Batches(s)
     replicated = NamedSharding(s.mesh, PartitionSpec())
     deadline = time.time() + trainer.max_time_minutes * 60 if trainer.max_time_minutes else None
-    step = int(state["step"])
     epoch, index = int(state["epoch"]), int(state["batch_in_epoch"])
     pending: list[dict] = []  # device scalars, fetched only when logging (no per-step sync)
     window_start = time.time()
@@ -521,7 +543,7 @@ def _validate_and_save(s, state, frozen, eval_step, checkpoints, log, step) -> N
     checkpoints.save(step, state, {k: float(v) for k, v in values.items()} or None)
 
 
-def _finish(s, state, frozen, checkpoints, workdir, step, stopped, log) -> runs.Run:
+def _finish(s, state, frozen, checkpoints, workdir, step, stopped, log, record) -> runs.Run:
     """Restores the best state by the monitored metric, writes the prompt model from it,
     scores the test split with it, and writes the run's result."""
     best = checkpoints.best_step()
@@ -531,7 +553,6 @@ def _finish(s, state, frozen, checkpoints, workdir, step, stopped, log) -> runs.
     params = masking.merge(state["trainable"], frozen)
     directory = pathlib.Path(s.config.model.nemo_path or workdir / "prompt_model")
     info = {"step": int(state["step"]), "best_step": best, "final_step": step}
-    record = runs.run_record(s.config)
     if distributed.is_writer():
         write_prompt_model(s, params["prompt"], directory, info, record)
         logger.info("wrote %s", directory)
@@ -558,7 +579,9 @@ def _finish(s, state, frozen, checkpoints, workdir, step, stopped, log) -> runs.
     )
     if distributed.is_writer():
         if test:
-            write_text_atomic(workdir / runs.TEST_METRICS_FILE, json.dumps(test, indent=1) + "\n")
+            files.write_text_atomic(
+                workdir / runs.TEST_METRICS_FILE, json.dumps(test, indent=1) + "\n"
+            )
             logger.info("test: %s", {k: round(v, 4) for k, v in test.items()})
         runs.finish(run)
     return run

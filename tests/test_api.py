@@ -9,10 +9,11 @@ import sys
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
+from tiny_model import write_tiny_data
 
 import ptlearn
+from ptlearn import files
 from ptlearn.data import toy
-from ptlearn.data.jsonl import write_jsonl
 from ptlearn.errors import ConfigError, PtlearnError
 
 # A shipped config on the shipped tiny model: a few seconds per run.
@@ -32,8 +33,7 @@ OVERRIDES = {
 @pytest.fixture(scope="module")
 def toy_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("toy")
-    for split, records in toy.splits().items():
-        write_jsonl(folder / f"{split}.jsonl", records)
+    write_tiny_data(folder)
     return folder
 
 
@@ -111,9 +111,9 @@ def test_train_and_cli_give_bitwise_the_same_prompt_and_records(toy_data, tmp_pa
     assert artifact["run_record"]["config"] == configs[0]
     umask = os.umask(0)
     os.umask(umask)
-    for path in (tmp_path / "api").rglob("*"):
-        if path.is_file() and "checkpoints" not in path.parts:
-            assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+    for path in (tmp_path / "api").rglob("*"):  # orbax's checkpoints included
+        mode = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path
 
 
 def test_rerun_under_a_changed_config_names_the_key(toy_data, tmp_path):
@@ -130,11 +130,63 @@ def test_rerun_under_a_changed_config_names_the_key(toy_data, tmp_path):
         + ["--allow_config_change"]
     )
     assert allowed.returncode == 0, allowed.stderr[-2000:]
-    assert len(list(workdir.glob("config.*.json"))) == 1  # the old config kept beside
+    # The old config, record and result kept beside; the new result is the new run's.
+    for name in ("config", "run_record", "result", "test_metrics"):
+        assert len(list(workdir.glob(f"{name}.*.json"))) == 1, name
+    assert json.loads((workdir / "config.json").read_text())["model"]["optim"]["lr"] == 0.01
     typo = _cli([*_cli_flags(toy_data), "--config.model.optim.lrr=1", f"--workdir={workdir}"])
     assert typo.returncode == 2 and typo.stderr.strip().splitlines()[-1] == (
         "error: --config.model.optim.lrr: no such config key 'lrr' (Did you mean \"lr\"?)"
     )
+
+
+def test_one_run_per_workdir(toy_data, tmp_path):
+    with files.exclusive(tmp_path, "run"):
+        with pytest.raises(ConfigError, match="in use by another ptlearn process"):
+            ptlearn.train(_config(toy_data), tmp_path)
+        busy = _cli([*_cli_flags(toy_data), f"--workdir={tmp_path}"])
+        assert busy.returncode == 2 and "in use by another ptlearn process" in busy.stderr
+
+
+def test_zero_shot_run_without_virtual_tokens_or_steps(toy_data, tmp_path):
+    config = ptlearn.load_config(
+        "sentiment_prompt_tuning",
+        f"model=tiny,data={toy_data},virtual=0",
+        **{"trainer.max_steps": 0, "inference.rank_classification": True},
+    )
+    assert "VIRTUAL" not in config.model.task_templates[0].prompt_template
+    run = ptlearn.train(config, tmp_path)
+    assert run.final_step == 0 and run.trainable_parameters == 0
+    assert run.test["test_sentiment/n"] == 12 and 0 <= run.test["test_sentiment/accuracy"] <= 1
+    lm = ptlearn.load(run.prompt_model)
+    assert lm.tables.shape[1] == 0
+    assert lm.inference.rank_classification  # the run's inference options come along
+    records = toy.sentences(6, 7)
+    assert lm.predict(records) == lm.rank(records)
+
+
+def test_predict_cli_answers_as_the_python_api(toy_data, tmp_path):
+    run = ptlearn.train(_config(toy_data), tmp_path / "w")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ptlearn.predict",
+            f"--prompt_model={run.prompt_model}",
+            f"--data={toy_data / 'test.jsonl'}",
+            f"--pred_file={tmp_path / 'pred.txt'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from ptlearn.data.jsonl import read_jsonl
+
+    expected = ptlearn.load(run.prompt_model).predict(read_jsonl(toy_data / "test.jsonl"))
+    assert (tmp_path / "pred.txt").read_text().splitlines() == expected
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["accuracy"] == run.test["test_sentiment/accuracy"]
 
 
 def test_time_limit_stop_is_recorded(toy_data, tmp_path):

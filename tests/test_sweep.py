@@ -9,18 +9,16 @@ import time
 
 import pandas as pd
 import pytest
+from tiny_model import write_tiny_data
 
 from ptlearn import hyper, report, sweep
-from ptlearn.data import toy
-from ptlearn.data.jsonl import write_jsonl
 from ptlearn.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
 def toy_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("toy")
-    for split, records in toy.splits().items():
-        write_jsonl(folder / f"{split}.jsonl", records)
+    write_tiny_data(folder)
     return folder
 
 
@@ -98,6 +96,12 @@ def test_two_by_two_sweep_skips_finished_arms_and_reports(toy_data, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 to run" in again.stderr
     assert stamps == {n: (tmp_path / n / "result.json").stat().st_mtime_ns for n in statuses}
+    # Under another config every arm's workdir is refused, and no old result is reported.
+    changed = _sweep(*args, "--config.model.optim.lr=0.5")
+    assert changed.returncode == 1
+    assert set(json.loads(changed.stdout.strip().splitlines()[-1]).values()) == {"failed"}
+    assert "0 of 4 arms finished" in (tmp_path / "results.md").read_text()
+    assert "model.optim.lr: 0.003 -> 0.5" in (tmp_path / "results.md").read_text()
 
 
 def test_killed_sweep_resumes_its_arm_and_a_failing_arm_is_recorded(toy_data, tmp_path):

@@ -6,11 +6,10 @@ A task file holds one JSON object a line; every object has a ``taskname`` (SPEC.
 import json
 import os
 import pathlib
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 
 from ptlearn.errors import DataError
-from ptlearn.files import apply_umask
+from ptlearn.files import atomic_writer
 
 PathLike = str | os.PathLike
 
@@ -118,28 +117,14 @@ def write_jsonl(path: PathLike, records: Iterable[dict]) -> int:
       DataError: a record is not a dict or not JSON-serialisable, or the file cannot be written.
     """
     path = pathlib.Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temp_name = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-        )
-    except OSError as err:
-        raise DataError(f"{path}: cannot be written ({err.strerror})") from None
     count = 0
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as handle:
+        with atomic_writer(path) as handle:
             for count, record in enumerate(records, start=1):
                 handle.write(_dump_record(path, count, record))
                 handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        apply_umask(temp_name)
-        os.replace(temp_name, path)
-    except BaseException as err:
-        pathlib.Path(temp_name).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise DataError(f"{path}: cannot be written ({err.strerror or err})") from None
-        raise
+    except OSError as err:
+        raise DataError(f"{path}: cannot be written ({err.strerror or err})") from None
     return count
 
 

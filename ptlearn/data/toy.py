@@ -24,7 +24,6 @@ WORDS = (
 LABELS = ("positive", "negative", "neutral")
 CUES = {"positive": "rose", "negative": "fell", "neutral": "stable"}
 TASK = "sentiment"
-TEMPLATE = "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}"
 
 
 def sentences(count: int, seed: int) -> list[dict]:
