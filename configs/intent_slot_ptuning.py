@@ -20,15 +20,7 @@ def get_config(arg=None):
         virtual=10,
         seed=1234,
     )
-    c = config_lib.single_task_config(
-        "intent_and_slot",
-        "p-tuning",
-        model=args.model,
-        data_dir=args.data,
-        steps=args.steps,
-        virtual_tokens=args.virtual,
-        seed=args.seed,
-    )
+    c = config_lib.single_task_config("intent_and_slot", "p-tuning", args)
     c.model.max_seq_length = 128
     c.model.p_tuning.encoder_type = args.encoder
     c.model.p_tuning.encoder_hidden = 512

@@ -13,15 +13,7 @@ def get_config(arg=None):
     args = config_lib.parse_arg(
         arg, init="text", data="data/fpb", model="default", steps=600, virtual=10, seed=1234
     )
-    c = config_lib.single_task_config(
-        "sentiment",
-        "prompt-tuning",
-        model=args.model,
-        data_dir=args.data,
-        steps=args.steps,
-        virtual_tokens=args.virtual,
-        seed=args.seed,
-    )
+    c = config_lib.single_task_config("sentiment", "prompt-tuning", args)
     c.model.max_seq_length = 256
     c.model.prompt_tuning.new_prompt_init_methods = (args.init,)
     c.model.prompt_tuning.new_prompt_init_text = (

@@ -15,15 +15,7 @@ def get_config(arg=None):
     args = config_lib.parse_arg(
         arg, encoder="mlp", data="data/fpb", model="default", steps=600, virtual=10, seed=1234
     )
-    c = config_lib.single_task_config(
-        "sentiment",
-        "p-tuning",
-        model=args.model,
-        data_dir=args.data,
-        steps=args.steps,
-        virtual_tokens=args.virtual,
-        seed=args.seed,
-    )
+    c = config_lib.single_task_config("sentiment", "p-tuning", args)
     c.model.max_seq_length = 256
     c.model.p_tuning.encoder_type = args.encoder
     c.model.p_tuning.encoder_hidden = 1024

@@ -397,6 +397,15 @@ def reference_task(
     return template, files
 
 
+def fast_cpu_training(config: ml_collections.ConfigDict) -> None:
+    """The fastest CPU training of the frozen model (README, Benchmarks): bf16 matmuls on bf16
+    frozen weights, each block recomputed in the backward pass; prompts and optimizer stay
+    float32. It kept FPB accuracy (experiments/results/fpb_sentiment.md)."""
+    config.trainer.precision = "bf16"
+    config.model.frozen_weights_dtype = "bfloat16"
+    config.model.activations_checkpoint_granularity = "full"
+
+
 def set_seed(config: ml_collections.ConfigDict, seed: int) -> None:
     """The configs' `seed=N` argument: prompt init / dropout and data order both from `seed`."""
     config.model.seed = seed
@@ -404,20 +413,15 @@ def set_seed(config: ml_collections.ConfigDict, seed: int) -> None:
 
 
 def single_task_config(
-    taskname: str,
-    style: str,
-    *,
-    model: str,
-    data_dir: str | None,
-    steps: int,
-    virtual_tokens: int = 10,
-    seed: int = 1234,
+    taskname: str, style: str, args: ml_collections.ConfigDict
 ) -> ml_collections.ConfigDict:
-    """base_config() set up to train one seed application on one CPU."""
+    """base_config() set up to train one seed application; `args` are the config's parsed
+    arguments `model`, `data` (the jsonl folder), `steps`, `virtual` and `seed`."""
     c = base_config()
-    set_seed(c, seed)
-    template, files = reference_task(taskname, virtual_tokens, data_dir)
-    c.model.language_model_path = model
+    set_seed(c, args.seed)
+    template, files = reference_task(taskname, args.virtual, args.data)
+    steps = args.steps
+    c.model.language_model_path = args.model
     c.model.virtual_prompt_style = style
     c.model.new_tasks = (taskname,)
     c.model.task_templates = (template,)

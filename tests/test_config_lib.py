@@ -24,6 +24,9 @@ def test_as_tuple_reads_single_values_and_tuple_strings():
     assert config_lib.as_tuple("") == ()
 
 
+ARGS = config_lib.parse_arg(None, model="default", data="d", steps=10, virtual=10, seed=1234)
+
+
 @pytest.mark.parametrize(
     "key, value, message",
     [
@@ -35,9 +38,7 @@ def test_as_tuple_reads_single_values_and_tuple_strings():
     ],
 )
 def test_validate_names_the_key(key, value, message):
-    config = config_lib.single_task_config(
-        "sentiment", "p-tuning", model="default", data_dir="d", steps=10
-    )
+    config = config_lib.single_task_config("sentiment", "p-tuning", ARGS)
     section, name = key.split(".")
     config[section][name] = value
     with pytest.raises(ConfigError, match=message):
@@ -80,9 +81,7 @@ def test_batch_chains_auto_is_two_on_cpu_unless_the_batch_is_split():
 
     from ptlearn import sharding, train_setup
 
-    m = config_lib.single_task_config(
-        "sentiment", "p-tuning", model="default", data_dir="d", steps=10
-    ).model
+    m = config_lib.single_task_config("sentiment", "p-tuning", ARGS).model
     m.micro_batch_size = 8
     one = sharding.make_mesh(1, 1, jax.devices()[:1])
     assert train_setup.batch_chains(m, one) == 2

@@ -60,9 +60,7 @@ def get_config(arg=None):
     with config.unlocked():
         config.trainer.max_steps = 400
         config.trainer.val_check_interval = 100
-        config.trainer.precision = "bf16"
-        config.model.frozen_weights_dtype = "bfloat16"
-        config.model.activations_checkpoint_granularity = "full"
+        config_lib.fast_cpu_training(config)
         config.model.data.validation_metric_examples = 0
         if untrained:
             shots = int(method.rsplit("-", 1)[1]) if method.startswith("in-context") else 0

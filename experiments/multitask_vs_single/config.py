@@ -35,9 +35,7 @@ def get_config(arg=None):
                 m.data[key] = (m.data[key][keep],)
         config.trainer.max_steps = 400
         config.trainer.val_check_interval = 100
-        config.trainer.precision = "bf16"
-        config.model.frozen_weights_dtype = "bfloat16"
-        config.model.activations_checkpoint_granularity = "full"
+        config_lib.fast_cpu_training(config)
     return config
 
 
