@@ -40,6 +40,7 @@ from ptlearn import (
     config_lib,
     distributed,
     predict,
+    prefix_caches,
     prompted,
     sharding,
     templates,
@@ -434,7 +435,7 @@ def bench_generate(args: Options) -> dict[str, Any]:
         lambda: predict.generate_answers(lm, examples, inference), args.steps, args.profile_dir
     )
     # The task's shared prefix comes from its KV cache; the rest is prefilled, bucketed.
-    prefix = predict.shared_prefix_length(examples)
+    prefix = prefix_caches.shared_prefix_length(examples)
     prompt_length = prefix + batching.bucket_length(
         len(examples[0].ids) - prefix, lm.max_seq_length
     )

@@ -21,19 +21,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptlearn import distributed, metrics, prompted, sharding, templates
+from ptlearn import distributed, metrics, prefix_caches, prompted, sharding, templates
 from ptlearn.config_lib import inference_config
 from ptlearn.data import batching, jsonl
 from ptlearn.errors import CheckpointError, PtlearnError
 from ptlearn.files import write_text_atomic
-from ptlearn.generate import Sampling, decode, gather_rows, generate, prefix_cache
-from ptlearn.gpt import GPT, GPTConfig, cache_length, serving_layout
+from ptlearn.generate import Sampling, decode, gather_rows, generate
+from ptlearn.gpt import GPT, GPTConfig, serving_layout
 
 logger = logging.getLogger(__name__)
-
-# Prefix KV caches a PromptedLM keeps (one per task and distinct prefix; ~0.5 MB each for the
-# default model's 10 virtual tokens).
-MAX_PREFIX_CACHES = 256
 
 
 @dataclasses.dataclass
@@ -147,11 +143,6 @@ def with_options(inference: Any, options: Mapping[str, Any]) -> Any:
     return apply_overrides(copy, options)
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _prompted_inputs(config, lm_params, tables, ids, task_id, virtual_index):
-    return prompted.prompted_embeddings(GPT(config), lm_params, tables, ids, task_id, virtual_index)
-
-
 def sampling_from(inference: Any) -> Sampling:
     """The `inference.*` config -> Sampling; bad values raise a ConfigError-like PtlearnError."""
     try:
@@ -173,7 +164,7 @@ def generate_answers(
     eos = (tokenizer.eos_id,) if tokenizer.eos_id is not None else ()
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     sampling = sampling_from(inference)
-    examples, prefix_lengths, prefix_rows, prefixes = _split_prefixes(lm, examples)
+    examples, prefix_lengths, prefix_rows, prefixes = prefix_caches.split_prefixes(lm, examples)
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))
     answers: list[str] = [""] * len(examples)
     size = int(inference.batch_size)
@@ -188,7 +179,7 @@ def generate_answers(
             pad_id=pad_id,
             left_pad=True,
         )
-        embeddings = _prompted_inputs(
+        embeddings = prefix_caches.prompted_inputs(
             lm.config,
             lm.lm_params,
             lm.tables,
@@ -222,86 +213,6 @@ def generate_answers(
                 new = new[:-1]
             answers[index] = tokenizer.decode(new, skip_special_tokens=True).strip()
     return answers
-
-
-def shared_prefix_length(examples: Sequence[templates.EncodedExample]) -> int:
-    """Leading tokens that all `examples` share, cut back to end at their last virtual token
-    (the task's virtual prompt and the template text around it; 0 when none is shared).
-    At least one token of every example is left after the prefix."""
-    limit = min(len(e.ids) for e in examples) - 1
-    first = examples[0]
-    same = np.ones(limit, bool)
-    for e in examples[1:]:
-        same &= (e.ids[:limit] == first.ids[:limit]) & (
-            e.virtual_index[:limit] == first.virtual_index[:limit]
-        )
-    shared = limit if same.all() else int(np.argmin(same))
-    virtual = np.flatnonzero(first.virtual_index[:shared] >= 0)
-    return int(virtual[-1]) + 1 if virtual.size else 0
-
-
-def _prefix_cache_of(lm: PromptedLM, example: templates.EncodedExample, length: int) -> Any:
-    """The KV cache [.., 1, length, K, D] of the example's first `length` tokens, computed
-    once per task and prefix and kept on `lm` for later requests."""
-    ids, virtual_index = example.ids[:length], example.virtual_index[:length]
-    key = (example.taskname, ids.tobytes(), virtual_index.tobytes())
-    if key not in lm.prefix_caches:
-        if len(lm.prefix_caches) >= MAX_PREFIX_CACHES:  # a long-lived server: drop the oldest
-            lm.prefix_caches.pop(next(iter(lm.prefix_caches)))
-        task_id = np.asarray([lm.task_index[example.taskname]], np.int32)
-        embeddings = _prompted_inputs(
-            lm.config, lm.lm_params, lm.tables, ids[None], task_id, virtual_index[None]
-        )
-        lm.prefix_caches[key] = prefix_cache(
-            {"params": lm.lm_params},
-            embeddings,
-            np.asarray([length], np.int32),
-            config=lm.config,
-        )
-    return lm.prefix_caches[key]
-
-
-def _split_prefixes(
-    lm: PromptedLM, examples: Sequence[templates.EncodedExample]
-) -> tuple[list[templates.EncodedExample], np.ndarray, np.ndarray, Any]:
-    """Cuts each task's shared virtual-prompt prefix off its examples.
-
-    Returns (the examples without their prefix; per example the prefix length and its row in
-    the prefix cache, int32 [n]; the prefix caches of the tasks [.., R, P_max, K, D], or None
-    when no task shares a prefix).
-    """
-    by_task: dict[str, list[int]] = {}
-    for i, e in enumerate(examples):
-        by_task.setdefault(e.taskname, []).append(i)
-    caches, lengths, rows = [], np.zeros(len(examples), np.int32), np.zeros(len(examples), np.int32)
-    cut = list(examples)
-    for indices in by_task.values():
-        length = shared_prefix_length([examples[i] for i in indices])
-        if not length:
-            continue
-        caches.append(_prefix_cache_of(lm, examples[indices[0]], length))
-        lengths[indices], rows[indices] = length, len(caches) - 1
-        for i in indices:
-            e = examples[i]
-            cut[i] = dataclasses.replace(
-                e,
-                ids=e.ids[length:],
-                virtual_index=e.virtual_index[length:],
-                loss_mask=e.loss_mask[length:],
-                answer_start=len(e.ids) - length,
-            )
-    if not caches:
-        return cut, lengths, rows, None
-    longest = max(cache_length(c) for c in caches)
-
-    def stack(*leaves: jax.Array) -> jax.Array:
-        padded = [
-            jnp.pad(a, [(0, 0)] * (a.ndim - 3) + [(0, longest - a.shape[-3]), (0, 0), (0, 0)])
-            for a in leaves
-        ]
-        return jnp.concatenate(padded, axis=padded[0].ndim - 4)
-
-    return cut, lengths, rows, jax.tree.map(stack, *caches)
 
 
 @functools.partial(jax.jit, static_argnames=("config",))

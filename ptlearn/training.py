@@ -10,13 +10,11 @@ state (by val_loss) is frozen into per-task prompt tables: `W/prompt_model/`.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
 import pathlib
 import time
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -30,21 +28,25 @@ from jax.sharding import NamedSharding, PartitionSpec
 from ptlearn import (
     config_lib,
     distributed,
+    evaluation,
     files,
     gpt,
     masking,
     optim,
-    predict,
     prompted,
     prompts,
     runs,
     sharding,
 )
-from ptlearn.checkpoints import file_checksum, resolve_model
-from ptlearn.checkpoints.prompt_model import PromptModel, save_prompt_model
 from ptlearn.checkpoints.train_state import TrainCheckpoints
 from ptlearn.data import batching
 from ptlearn.errors import ConfigError, DataError
+from ptlearn.evaluation import (
+    frozen_tables,
+    validate_loss,
+    validate_tasks,
+    write_prompt_model,
+)
 from ptlearn.run_log import RunLog
 from ptlearn.train_setup import Setup, init_prompt_params, setup
 
@@ -246,11 +248,6 @@ def total_steps(s: Setup) -> int:
     return int(s.config.trainer.max_epochs) * _steps_per_epoch(s)
 
 
-def _pad_id(s: Setup) -> int:
-    pad = s.loaded.tokenizer.pad_id
-    return pad if pad is not None else 0
-
-
 class Batches:
     """The global batch at any (epoch, index): a pure function of seed and position."""
 
@@ -288,123 +285,12 @@ class Batches:
             self.task_index,
             batch_size=local.size,
             max_length=m.max_seq_length,
-            pad_id=_pad_id(self.s),
+            pad_id=evaluation.pad_id(self.s),
             length=length,
             num_targets=num_targets,
         )
         batch = batching.split_micro_batches(batch, self.s.accumulation)
         return distributed.host_local_to_global(batch, self.s.mesh, self.batch_sharding)
-
-
-def validate_loss(
-    s: Setup, eval_step, trainable, frozen, examples=None, prefix: str = "val"
-) -> dict[str, float]:
-    """`{prefix}_loss` over `examples` (default: the validation set; token-weighted), and per
-    task when there are several."""
-    examples = s.val_examples if examples is None else examples
-    if not examples:
-        return {}
-    task_index = {t: i for i, t in enumerate(s.task_names)}
-    size = s.config.model.micro_batch_size
-    limit = s.config.trainer.limit_val_batches if prefix == "val" else 0
-    examples = sorted(examples, key=lambda e: len(e.ids))
-    sums: dict[str, float] = {}
-    counts: dict[str, float] = {}
-    for number, start in enumerate(range(0, len(examples), size)):
-        if limit and number >= limit:
-            break
-        chunk = examples[start : start + size]
-        batch = batching.collate(
-            chunk,
-            task_index,
-            batch_size=size,
-            max_length=s.config.model.max_seq_length,
-            pad_id=_pad_id(s),
-        )
-        nll, count = distributed.to_host(eval_step(trainable, frozen, batch))
-        for example, row_nll, row_count in zip(chunk, nll, count, strict=False):
-            sums[example.taskname] = sums.get(example.taskname, 0.0) + float(row_nll)
-            counts[example.taskname] = counts.get(example.taskname, 0.0) + float(row_count)
-    result = {f"{prefix}_loss": sum(sums.values()) / max(sum(counts.values()), 1.0)}
-    if len(sums) > 1:
-        result.update({f"{prefix}_loss/{t}": sums[t] / max(counts[t], 1.0) for t in sums})
-    return result
-
-
-def frozen_tables(s: Setup, prompt_params: Any) -> dict[str, np.ndarray]:
-    """Per-task [P, E] tables for serving (p-tuning's encoder output frozen)."""
-    frozen = prompts.freeze_to_tables(prompt_params, s.encoder_config, s.task_names)
-    return {t: np.asarray(v, np.float32) for t, v in distributed.to_host(frozen["tables"]).items()}
-
-
-def validate_tasks(
-    s: Setup,
-    lm_params: Any,
-    tables: Mapping[str, np.ndarray],
-    records: Sequence[tuple[int, dict]] | None = None,
-    prefix: str = "val",
-) -> dict[str, float]:
-    """Task metrics (SPEC section 5) as `{prefix}_{task}/{metric}`: by default on the first
-    `validation_metric_examples` validation records, by generation (or rank classification
-    when inference.rank_classification)."""
-    if records is None:
-        limit = s.config.model.data.validation_metric_examples
-        records = s.val_records[:limit] if limit else []
-    if not records:
-        return {}
-    lm = predict.PromptedLM(
-        config=s.model.config,
-        lm_params=lm_params,
-        tables=prompted.stack_tables(tables, s.task_names),
-        task_names=s.task_names,
-        templates=s.templates,
-        tokenizer=s.loaded.tokenizer,
-        max_seq_length=s.config.model.max_seq_length,
-        add_bos=s.config.model.data.add_bos,
-        add_eos=s.config.model.data.add_eos,
-    )
-    predictions = predict.predict_records(lm, records, s.config.inference, label_sets=s.label_sets)
-    flat = {}
-    for task, values in predict.score(lm, records, predictions).items():
-        flat.update({f"{prefix}_{task}/{k}": v for k, v in values.items()})
-    return flat
-
-
-def write_prompt_model(
-    s: Setup, prompt_params: Any, directory: pathlib.Path, info: dict, record: dict
-) -> None:
-    """The prompt-only artifact: tables, templates, base-model and tokenizer references."""
-    spec = s.config.model.language_model_path
-    path = resolve_model(spec)
-    tok = s.loaded.tokenizer
-    save_prompt_model(
-        directory,
-        PromptModel(
-            tables=frozen_tables(s, prompt_params),
-            templates=[s.templates[t].to_dict() for t in s.task_names],
-            base_model={
-                "spec": spec,
-                "file": path.name,
-                "sha256": file_checksum(path),
-                "config": dataclasses.asdict(s.loaded.config),
-            },
-            tokenizer={
-                "source": str(path),
-                "vocab_size": tok.vocab_size,
-                "bos_id": tok.bos_id,
-                "eos_id": tok.eos_id,
-                "pad_id": tok.pad_id,
-            },
-            encoding={
-                "add_eos": bool(s.config.model.data.add_eos),
-                "add_bos": bool(s.config.model.data.add_bos),
-                "max_seq_length": int(s.config.model.max_seq_length),
-            },
-            label_sets=s.label_sets,
-            training={"virtual_prompt_style": s.config.model.virtual_prompt_style, **info},
-            run_record=record,
-        ),
-    )
 
 
 def train_and_evaluate(

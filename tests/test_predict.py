@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tiny_model import sharp_attention
 
-from ptlearn import config_lib, gpt, predict
+from ptlearn import config_lib, gpt, predict, prefix_caches
 from ptlearn.templates import VIRTUAL_FILL_ID, EncodedExample
 
 
@@ -38,13 +38,13 @@ def _example(task, head, virtual, tail):
 def test_shared_prefix_ends_at_the_last_shared_virtual_token():
     a = _example("t", [1, 2], 3, [9, 9, 5])
     b = _example("t", [1, 2], 3, [9, 9, 6, 7])
-    assert predict.shared_prefix_length([a, b]) == 5  # [1, 2, v0, v1, v2]; "9 9" is data
-    assert predict.shared_prefix_length([a, _example("t", [1, 3], 3, [9])]) == 0
-    assert predict.shared_prefix_length([_example("t", [], 2, [4])]) == 2
+    assert prefix_caches.shared_prefix_length([a, b]) == 5  # [1, 2, v0, v1, v2]; "9 9" is data
+    assert prefix_caches.shared_prefix_length([a, _example("t", [1, 3], 3, [9])]) == 0
+    assert prefix_caches.shared_prefix_length([_example("t", [], 2, [4])]) == 2
     # At least one token stays after the prefix.
-    assert predict.shared_prefix_length([_example("t", [1], 2, [])]) == 2
-    assert predict.shared_prefix_length([_example("t", [], 2, [])]) == 1
-    assert predict.shared_prefix_length([_example("t", [4, 5], 0, [6])]) == 0
+    assert prefix_caches.shared_prefix_length([_example("t", [1], 2, [])]) == 2
+    assert prefix_caches.shared_prefix_length([_example("t", [], 2, [])]) == 1
+    assert prefix_caches.shared_prefix_length([_example("t", [4, 5], 0, [6])]) == 0
 
 
 @pytest.mark.parametrize("scan_layers", [True, False])
@@ -84,11 +84,11 @@ def test_answers_with_prefix_caches_equal_the_whole_prompt(monkeypatch, scan_lay
     predict.generate_answers(lm, examples, inference)
     assert len(lm.prefix_caches) == 2
     # A bounded store drops its oldest prefix and recomputes it when needed.
-    monkeypatch.setattr(predict, "MAX_PREFIX_CACHES", 1)
+    monkeypatch.setattr(prefix_caches, "MAX_PREFIX_CACHES", 1)
     small = dataclasses.replace(lm, prefix_caches={})
     assert predict.generate_answers(small, examples, inference) == cached
     assert len(small.prefix_caches) == 1
-    monkeypatch.setattr(predict, "shared_prefix_length", lambda examples: 0)
+    monkeypatch.setattr(prefix_caches, "shared_prefix_length", lambda examples: 0)
     whole = predict.generate_answers(dataclasses.replace(lm, prefix_caches={}), examples, inference)
     assert cached == whole
     assert all(len(a.split()) == 6 for a in cached)
