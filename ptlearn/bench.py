@@ -38,7 +38,6 @@ import numpy as np
 from ptlearn import (
     cli,
     config_lib,
-    distributed,
     predict,
     prefix_caches,
     prompted,
@@ -271,12 +270,12 @@ def synthetic_examples(
     ]
 
 
-def _pad_id(loaded: Any) -> int:
+def pad_id_of(loaded: Any) -> int:
     pad = loaded.tokenizer.pad_id
     return 0 if pad is None else pad
 
 
-def _header(args: Options, mode: str, model: str) -> dict[str, Any]:
+def header(args: Options, mode: str, model: str) -> dict[str, Any]:
     return {
         "mode": mode,
         "model": model,
@@ -321,10 +320,10 @@ def bench_fixed(args: Options) -> dict[str, Any]:
         {TASK: 0},
         batch_size=args.batch,
         max_length=s.config.model.max_seq_length,
-        pad_id=_pad_id(loaded),
+        pad_id=pad_id_of(loaded),
     )
     state, frozen, tx, _ = training.init_state(s, args.steps + 1)
-    result = _header(args, args.mode, args.model)
+    result = header(args, args.mode, args.model)
     result["batch_chains"] = s.model.config.batch_chains
     # Before the donating step runs.
     summary = param_summary(state["trainable"], frozen, s.model.config.param_dtype)
@@ -361,7 +360,7 @@ def bench_fixed(args: Options) -> dict[str, Any]:
             "loss_targets_per_row": int(host["loss_mask"][0].sum()),
             "loss_positions": "all text tokens" if args.answer_tokens == 0 else "answer only",
             "style": s.config.model.virtual_prompt_style,
-            "encoder": _encoder_text(s),
+            "encoder": encoder_text(s),
             **summary,
             "loss": None if loss is None else round(loss, 4),
             "step_times_s": [round(t, 6) for t in times],
@@ -388,7 +387,7 @@ def param_summary(trainable: Any, frozen: Any, weights_dtype: str) -> dict[str, 
     }
 
 
-def _encoder_text(s: training.Setup) -> str | None:
+def encoder_text(s: training.Setup) -> str | None:
     e = s.encoder_config
     if e is None:
         return None
@@ -441,7 +440,7 @@ def bench_generate(args: Options) -> dict[str, Any]:
     )
     median = statistics.median(times)
     new = args.batch * args.new_tokens
-    result = _header(args, "generate", args.model)
+    result = header(args, "generate", args.model)
     result["seq"] = args.prompt_len  # the prompts' text tokens; --seq is for the step modes
     result.update(
         _rates(
@@ -470,116 +469,15 @@ def bench_generate(args: Options) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# Real data through the real input pipeline
-
-
-def pad_time_axis(batch: dict[str, np.ndarray], length: int, pad_id: int) -> dict[str, Any]:
-    """Right-pads a collated batch's [..., T] arrays to [..., length] as collate pads them."""
-    fill = {"ids": pad_id, "virtual_index": -1}
-    out = dict(batch)
-    for key in TIME_KEYS:
-        extra = length - batch[key].shape[-1]
-        widths = [(0, 0)] * (batch[key].ndim - 1) + [(0, extra)]
-        out[key] = np.pad(batch[key], widths, constant_values=fill.get(key, 0))
-    return out
-
-
-def _data_step(train_step, holder, frozen, fetch, position, record) -> None:
-    """One step at `position` (epoch, index), its batch fetched inside the timed region."""
-    start = time.perf_counter()
-    batch = fetch(*position)
-    holder["state"], stats = train_step(holder["state"], frozen, batch)
-    jax.block_until_ready((holder["state"], stats))
-    record["times"].append(time.perf_counter() - start)
-    record["shapes"].add((batch["ids"].shape, batch["target_index"].shape))
-    record["real"] += float(stats["real_tokens"])
-    record["padded"] += float(stats["padded_tokens"])
-
-
-def bench_data(args: Options) -> dict[str, Any]:
-    """`--steps` steps of real data (training.Batches, length buckets) and the same steps with
-    every batch padded to --seq: a warm-up pass of each (compiling its shapes), then both
-    timed, alternating step by step."""
-    config = copy.deepcopy(args.config)
-    with config.unlocked():
-        m = config.model
-        if args.model is not None:
-            m.language_model_path = args.model
-        m.data.train_ds = (args.data,)
-        m.data.validation_ds = ()
-        m.data.test_ds = ()
-        m.global_batch_size = m.micro_batch_size = args.batch
-        config.trainer.precision = DTYPES[args.dtype]
-        # The schedule only needs to be valid: longer than its warm-up, covering all 4 passes.
-        sched = m.optim.sched
-        config.trainer.max_steps = sched.warmup_steps + sched.constant_steps + 4 * args.steps
-    config.model.frozen_weights_dtype = args.frozen_dtype
-    s = training.setup(config)
-    load_peak = peak_rss_mb()
-    state, frozen, tx, _ = training.init_state(s, config.trainer.max_steps)
-    batches = training.Batches(s)
-    positions = [divmod(i, batches.per_epoch) for i in range(args.steps)]
-    pad_id = _pad_id(s.loaded)
-
-    def padded_fetch(epoch: int, index: int) -> dict[str, Any]:
-        host = distributed.to_host(batches.get(epoch, index))
-        length = max(args.seq, host["ids"].shape[-1])
-        return jax.device_put(pad_time_axis(host, length, pad_id), batches.batch_sharding)
-
-    summary = param_summary(state["trainable"], frozen, s.model.config.param_dtype)
-    holder = {"state": state}
-    fetchers = {"bucketed": batches.get, "padded": padded_fetch}
-    passes = {  # per variant: (warm-up record, timed record)
-        name: tuple({"times": [], "shapes": set(), "real": 0.0, "padded": 0.0} for _ in range(2))
-        for name in fetchers
-    }
-    with sharding.activate(s.mesh, s.rules):
-        train_step = training.make_train_step(s, tx)
-        for name, fetch in fetchers.items():  # the warm-up passes compile every shape
-            for position in positions:
-                _data_step(train_step, holder, frozen, fetch, position, passes[name][0])
-        # Timed steps alternate the variants, so drifting machine load hits both alike.
-        for position in positions:
-            for name, fetch in fetchers.items():
-                _data_step(train_step, holder, frozen, fetch, position, passes[name][1])
-    result = _header(args, "data", str(m.language_model_path))
-    result["virtual_tokens"] = max(t.total_virtual_tokens for t in s.templates.values())
-    result.update(
-        {
-            "data": args.data,
-            "tasks": list(m.new_tasks),
-            "style": m.virtual_prompt_style,
-            "encoder": _encoder_text(s),
-            **summary,
-        }
-    )
-    for name, suffix in (("bucketed", ""), ("padded", "_padded_to_seq")):
-        warm, timed = passes[name]
-        total = sum(timed["times"])
-        result.update(
-            {
-                f"median_s_per_step{suffix}": round(statistics.median(timed["times"]), 6),
-                f"tokens_per_s{suffix}": round(timed["padded"] / total, 1),
-                f"real_tokens_per_s{suffix}": round(timed["real"] / total, 1),
-                f"distinct_shapes{suffix}": len(timed["shapes"]),
-                f"lengths{suffix}": sorted({shape[0][-1] for shape in timed["shapes"]}),
-                # First pass minus second: what compiling each distinct shape cost.
-                f"compile_s{suffix}": round(max(sum(warm["times"]) - total, 0.0), 2),
-            }
-        )
-    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    result["peak_rss_after_load_mb"] = round(load_peak, 1)
-    return result
-
-
-# --------------------------------------------------------------------------------------------
 # Entry point
 
 
 def benchmark(args: Options) -> dict[str, Any]:
     """Runs the benchmark the options name; returns the JSON line's fields."""
     if args.data is not None:
-        result = bench_data(args)
+        from ptlearn import bench_data  # it builds on this module's shared pieces
+
+        result = bench_data.bench_data(args)
     else:
         args.model = args.model or "default"
         result = bench_generate(args) if args.mode == "generate" else bench_fixed(args)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from tiny_model import write_tiny_data, write_tiny_model
 
-from ptlearn import bench
+from ptlearn import bench, bench_data
 from ptlearn.data import batching
 from ptlearn.errors import PtlearnError
 
@@ -167,7 +167,7 @@ def test_pad_time_axis_matches_collate():
         length=32,
         num_targets=short["target_index"].shape[1],
     )
-    padded = bench.pad_time_axis(short, 32, pad_id=5)
+    padded = bench_data.pad_time_axis(short, 32, pad_id=5)
     assert padded.keys() == long.keys()
     for key in long:
         np.testing.assert_array_equal(padded[key], long[key], err_msg=key)
