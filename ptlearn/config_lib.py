@@ -262,6 +262,9 @@ def inference_config() -> ml_collections.ConfigDict:
             batch_size=16,
             seed=0,
             rank_classification=False,  # score each known label instead of generating
+            # The answer ends before the first of these (e.g. "\n" for a frozen model that
+            # writes past its label); decoding still stops only at EOS or tokens_to_generate.
+            stop_strings=(),
         )
     )
 

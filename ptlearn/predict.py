@@ -90,7 +90,9 @@ class PromptedLM:
             pad_id=self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0,
             seed=int(inference.seed),
         )
-        return [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in new_ids]
+        texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in new_ids]
+        stops = stop_strings(inference)
+        return [_before_stop(t, stops) for t in texts]
 
     def evaluate(
         self, inputs: Sequence[Mapping[str, Any]], **options: Any
@@ -164,6 +166,7 @@ def generate_answers(
     eos = (tokenizer.eos_id,) if tokenizer.eos_id is not None else ()
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     sampling = sampling_from(inference)
+    stops = stop_strings(inference)
     examples, prefix_lengths, prefix_rows, prefixes = prefix_caches.split_prefixes(lm, examples)
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))
     answers: list[str] = [""] * len(examples)
@@ -211,8 +214,29 @@ def generate_answers(
             new = tokens[row, : lengths[row]].tolist()
             if new and new[-1] in eos:
                 new = new[:-1]
-            answers[index] = tokenizer.decode(new, skip_special_tokens=True).strip()
+            answers[index] = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stops)
     return answers
+
+
+def stop_strings(inference: Any) -> tuple[str, ...]:
+    """`inference.stop_strings` checked: non-empty strings."""
+    stops = tuple(inference.get("stop_strings", ()))
+    if not all(isinstance(s, str) and s for s in stops):
+        raise PtlearnError(
+            f"inference.stop_strings={stops!r}: give a tuple of non-empty strings, e.g. ('\\n',)"
+        )
+    return stops
+
+
+def _before_stop(text: str, stops: Sequence[str]) -> str:
+    """`text` up to the earliest of `stops` (all of it when none occurs)."""
+    ends = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return text[: min(ends)] if ends else text
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """The answer in a decoded continuation: before the first stop string, stripped."""
+    return _before_stop(text, stops).strip()
 
 
 @functools.partial(jax.jit, static_argnames=("config",))

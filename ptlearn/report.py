@@ -9,6 +9,9 @@ Writes into W:
 - `plot_<axis>.png` for each swept axis with more than one value: that axis against the
   headline metrics, mean with standard-deviation error bars, one line per other setting;
 - `curves.png`: training loss and validation loss against the step, one line per arm.
+
+`--baselines=FILE.csv` adds rows measured elsewhere (a majority class, another library's runs)
+in arms.csv's columns: they enter the tables and the axis plots beside the sweep's arms.
 """
 
 from __future__ import annotations
@@ -76,6 +79,24 @@ def arm_rows(workdir: pathlib.Path) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, axes
 
 
+def read_baselines(path: str | pathlib.Path, axes: Sequence[str]) -> Any:
+    """The rows of a baselines CSV, checked: each names its setting of the sweep's axes."""
+    import pandas as pd
+
+    try:
+        rows = pd.read_csv(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--baselines={path}: cannot read it as CSV: {err}") from err
+    keys = [a for a in axes if not _is_seed(a)]
+    missing = [k for k in ["arm", *keys] if k not in rows.columns]
+    if missing:
+        raise ConfigError(
+            f"--baselines={path}: no column {', '.join(missing)}; each row needs `arm` and the "
+            f"sweep's axes ({', '.join(keys) or 'none'})"
+        )
+    return rows.assign(status="finished")
+
+
 def aggregate(arms: Any, axes: Sequence[str]) -> Any:
     """One row per setting of the non-seed axes: `<col>_mean`, `<col>_std`, `seeds`."""
     finished = arms[arms["status"] == "finished"]
@@ -104,8 +125,8 @@ def _markdown(table: Any, axes: Sequence[str]) -> str:
         if column == "wall_time_min":
             digits = 1
         shown[column] = [
-            f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if s > 0 else "")
-            for m, s in zip(mean, std, strict=True)
+            "" if m != m else f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if s > 0 else "")
+            for m, s in zip(mean, std, strict=True)  # m != m: NaN, a metric this row lacks
         ]
     shown["seeds"] = table["seeds"]
     return shown.to_markdown(index=False)
@@ -160,6 +181,11 @@ def plot_axis(table: Any, axis: str, axes: Sequence[str], path: pathlib.Path) ->
     plt.close(fig)
 
 
+def _baseline_names(arms: Any, rows: Sequence[dict[str, Any]]) -> str:
+    swept = {r["arm"] for r in rows}
+    return ", ".join(f"`{a}`" for a in arms["arm"] if a not in swept)
+
+
 def _tuple(key: Any) -> tuple:
     return key if isinstance(key, tuple) else (key,)
 
@@ -193,10 +219,13 @@ def plot_curves(workdir: pathlib.Path, arms: Any, path: pathlib.Path) -> None:
 
 
 def write_report(
-    workdir: str | pathlib.Path, out: str | pathlib.Path | None = None
+    workdir: str | pathlib.Path,
+    out: str | pathlib.Path | None = None,
+    baselines: str | pathlib.Path | None = None,
 ) -> dict[str, str]:
     """Writes arms.csv, results.csv, results.md and the plots of the sweep (or run) in
-    `workdir` into `out` (default: `workdir`); returns {what: path}."""
+    `workdir` into `out` (default: `workdir`), with the rows of the `baselines` CSV beside the
+    arms'; returns {what: path}."""
     import pandas as pd
 
     workdir = pathlib.Path(workdir)
@@ -204,6 +233,12 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     rows, axes = arm_rows(workdir)
     arms = pd.DataFrame(rows)
+    if baselines is not None:
+        arms = pd.concat([read_baselines(baselines, axes), arms], ignore_index=True)
+        if not [a for a in axes if not _is_seed(a)]:  # one setting: label it to keep it apart
+            swept = {r["arm"] for r in rows}
+            arms.insert(0, "setting", [workdir.name if a in swept else a for a in arms["arm"]])
+            axes = ["setting", *axes]
     for old in [*out.glob("plot_*.png"), out / "curves.png", out / "results.csv"]:
         old.unlink(missing_ok=True)  # the report's own outputs of an earlier state
     written = {"arms": str(out / "arms.csv")}
@@ -217,12 +252,13 @@ def write_report(
             "",
             "```bash",
             command,
-            f"python -m ptlearn.report {workdir} --out={out}",
+            f"python -m ptlearn.report {workdir} --out={out}"
+            + (f" --baselines={baselines}" if baselines is not None else ""),
             "```",
             "",
         ]
-    done = int((arms["status"] == "finished").sum())
-    lines += [f"{done} of {len(arms)} arms finished.", ""]
+    done = sum(r["status"] == "finished" for r in rows)
+    lines += [f"{done} of {len(rows)} arms finished.", ""]
     if done:
         table = aggregate(arms, axes)
         table.to_csv(out / "results.csv", index=False)
@@ -236,6 +272,11 @@ def write_report(
             _markdown(table, axes),
             "",
         ]
+        if baselines is not None:
+            lines += [
+                f"Rows not from this sweep (`{baselines}`): {_baseline_names(arms, rows)}.",
+                "",
+            ]
         swept = [a for a in axes if not _is_seed(a) and table[a].nunique() > 1]
         for axis in swept if headline_metrics(table) else []:
             path = out / f"plot_{axis.replace('/', '_')}.png"
@@ -246,7 +287,7 @@ def write_report(
         if len(short):
             names = ", ".join(f"`{a}`" for a in short["arm"])
             lines += ["", f"Stopped early (trainer.max_time_minutes): {names}.", ""]
-        plot_curves(workdir, arms, out / "curves.png")
+        plot_curves(workdir, arms[arms["arm"].isin([r["arm"] for r in rows])], out / "curves.png")
         written["curves"] = str(out / "curves.png")
         lines += ["![training and validation curves](curves.png)", ""]
     if len(failed):
@@ -270,7 +311,7 @@ def main(argv: Sequence[str]) -> None:
         cli.fail("give one sweep (or run) folder: python -m ptlearn.report W [--out=D]")
     if not pathlib.Path(argv[1]).is_dir():
         cli.fail(f"{argv[1]}: no such folder")
-    cli.print_json(write_report(argv[1], flags.FLAGS.out))
+    cli.print_json(write_report(argv[1], flags.FLAGS.out, flags.FLAGS.baselines))
 
 
 if __name__ == "__main__":
@@ -279,4 +320,5 @@ if __name__ == "__main__":
     from ptlearn import cli
 
     flags.DEFINE_string("out", None, "where the tables and plots go (default: the folder itself)")
+    flags.DEFINE_string("baselines", None, "CSV of rows measured elsewhere, in arms.csv's columns")
     cli.run(main)

@@ -206,6 +206,13 @@ def test_prompted_lm_predict_rank_generate_evaluate(toy_data, tmp_path):
     assert lm.rank([r["sentence"] for r in records], task="sentiment") == ranked
     (text,) = lm.generate(["profit"], tokens_to_generate=4)
     assert isinstance(text, str)
+    # stop_strings: the answer is what came before the first of them.
+    raw = lm.predict(records, tokens_to_generate=6)
+    stop = next(c for a in raw for c in a[1:] if not c.isspace())
+    stopped = lm.predict(records, tokens_to_generate=6, stop_strings=(stop, "\x00never"))
+    assert stopped == [a.split(stop)[0].strip() for a in raw]
+    with pytest.raises(PtlearnError, match="stop_strings"):
+        lm.predict(records, stop_strings=("",))
     scores = lm.evaluate(records, rank_classification=True)
     expected = np.mean([p == r["label"] for p, r in zip(ranked, records, strict=True)])
     assert scores["sentiment"]["accuracy"] == pytest.approx(expected)

@@ -152,3 +152,16 @@ def test_report_of_a_single_run(toy_data, tmp_path):
     ptlearn.train(config, tmp_path)
     written = report.write_report(tmp_path)
     assert pd.read_csv(written["results"])["seeds"].tolist() == [1]
+    # Rows measured elsewhere sit beside the run's, each its own row, named as not from it.
+    baselines = tmp_path / "baselines.csv"
+    baselines.write_text("arm,status,steps,test/test_sentiment/accuracy\nmajority,finished,0,0.5\n")
+    written = report.write_report(tmp_path, tmp_path / "with", baselines)
+    table = pd.read_csv(written["results"])
+    assert table["setting"].tolist() == ["majority", tmp_path.name]
+    assert table["test/test_sentiment/accuracy_mean"][0] == 0.5
+    markdown = (tmp_path / "with" / "results.md").read_text()
+    assert "1 of 1 arms finished" in markdown and "not from this sweep" in markdown
+    assert f"--baselines={baselines}" not in markdown  # a single run has no sweep command
+    baselines.write_text("status\nfinished\n")
+    with pytest.raises(ConfigError, match="no column arm"):
+        report.write_report(tmp_path, tmp_path / "bad", baselines)

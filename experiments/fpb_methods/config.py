@@ -3,15 +3,19 @@ each initialisation, p-tuning with each encoder; test accuracy, wall time, train
 
   python -m ptlearn.data.prepare financial_phrasebank --raw_dir=../shared/data --out_dir=data/fpb
   python -m ptlearn.sweep --config=experiments/fpb_methods/config.py --workdir=runs/fpb_methods
-  python -m ptlearn.report runs/fpb_methods --out=experiments/fpb_methods
+  python experiments/fpb_baselines.py --out=experiments/fpb_methods/baselines.csv
+  python -m ptlearn.report runs/fpb_methods --out=experiments/fpb_methods \
+    --baselines=experiments/fpb_methods/baselines.csv
 
 Methods (`method=...`): `zero-shot` and `zero-shot-rank` (no virtual tokens, no training: the
-template alone, answered by greedy generation or by ranking the three labels), `in-context-3`
-and `in-context-8` (k training examples written into the template, label-balanced, drawn by
-`seed`; no training), `prompt-{text,random,vocab,labels}` (prompt tuning, 10 virtual tokens)
+template alone, answered by greedy generation up to the first newline or by ranking the three
+labels), `in-context-3[-rank]` and `in-context-8[-rank]` (k training examples written into the
+template, one per line, label-balanced, drawn by `seed`; no training; answered either way), `prompt-{text,random,vocab,labels}` (prompt tuning, 10 virtual tokens)
 and `ptune-{mlp,lstm,biglstm,tpmlp}` (p-tuning, 10 virtual tokens). Trained methods run the
 shipped recipes for a fixed 400 steps in bf16 (as experiments/fpb_prompt_length); every method
-is scored on the same test split. The majority class is `python experiments/fpb_baselines.py`.
+is scored on the same test split. The majority-class row comes from
+`python experiments/fpb_baselines.py --out=experiments/fpb_methods/baselines.csv`, given to the
+report as `--baselines`.
 """
 
 import json
@@ -63,14 +67,17 @@ def get_config(arg=None):
         config_lib.fast_cpu_training(config)
         config.model.data.validation_metric_examples = 0
         if untrained:
-            shots = int(method.rsplit("-", 1)[1]) if method.startswith("in-context") else 0
+            shots = int(method.split("-")[2]) if method.startswith("in-context") else 0
             template = config.model.task_templates[0]
             if shots:
                 demos = _demonstrations(f"{args.data}/train.jsonl", shots, args.seed)
                 template.prompt_template = demos + template.prompt_template
             config.model.max_seq_length = 512
             config.trainer.max_steps = 0  # nothing to train: the frozen model as it is
-            config.inference.rank_classification = method == "zero-shot-rank"
+            config.inference.rank_classification = method.endswith("-rank")
+            # The frozen model goes on past its label (to the next example); the answer is the
+            # first line of its continuation, as the demonstrations are one per line.
+            config.inference.stop_strings = ("\n",)
     return config
 
 
@@ -82,7 +89,7 @@ def get_hyper(h):
         [
             h.sweep(
                 "method",
-                ["in-context-3", "in-context-8"]
+                ["in-context-3", "in-context-3-rank", "in-context-8", "in-context-8-rank"]
                 + [f"prompt-{i}" for i in PROMPT_INITS]
                 + [f"ptune-{e}" for e in ENCODERS],
             ),
