@@ -81,10 +81,22 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """Dotted keys whose values differ between two config dicts, placement keys left out."""
+    """Dotted keys whose values differ between two config dicts, placement keys left out.
+
+    A key the old config lacks is no change while the new one holds its `base_config()`
+    default: an option added by a later ptlearn, at the value that keeps what the old run did,
+    must not strand a run (or a sweep's arms) started before the upgrade.
+    """
     a, b = flatten(old), flatten(new)
+    defaults = flatten(config_dict(config_lib.base_config()))
     keys = sorted(set(a) | set(b))
-    return [k for k in keys if a.get(k) != b.get(k) and not k.startswith(PLACEMENT_KEYS)]
+    return [
+        k
+        for k in keys
+        if a.get(k) != b.get(k)
+        and not k.startswith(PLACEMENT_KEYS)
+        and not (k not in a and k in defaults and b[k] == defaults[k])
+    ]
 
 
 def versions() -> dict[str, str]:
