@@ -217,7 +217,7 @@ def synthetic_config(args: Options, hidden_size: int) -> ml_collections.ConfigDi
 def synthetic_setup(args: Options, loaded: Any) -> training.Setup:
     """A training.Setup on one device for the synthetic task (no data files read)."""
     c = synthetic_config(args, loaded.config.hidden_size)
-    encoder_config = train_setup.encoder_config_from(c.model, loaded.config.hidden_size)
+    encoder_config = train_setup.encoder_config_from(c.model, loaded.config)
     mesh = sharding.make_mesh(1, 1, sharding.select_devices(1))
     model_config = train_setup.gpt_config_from(c, loaded.config, mesh)
     return training.Setup(

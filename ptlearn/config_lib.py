@@ -19,7 +19,11 @@ import ml_collections
 
 from ptlearn.errors import ConfigError
 
-VIRTUAL_PROMPT_STYLES = ("prompt-tuning", "p-tuning", "inference")
+# Deep prompts (keys and values at every layer): prefix tuning (Li & Liang 2021) and P-tuning v2
+# (Liu et al. 2022) are the same method here, so both names are accepted.
+DEEP_PROMPT_STYLES = ("prefix-tuning", "p-tuning-v2")
+VIRTUAL_PROMPT_STYLES = ("prompt-tuning", "p-tuning", *DEEP_PROMPT_STYLES, "inference")
+VALIDATION_ANSWERS = ("auto", "generate", "rank")
 # trainer.precision -> (activation dtype, matmul input dtype). "-mixed" (and NeMo's bare "bf16")
 # is autocast-like: float32 activations, low-precision matmuls; "-true" runs activations low too.
 PRECISIONS = {
@@ -211,6 +215,11 @@ def base_config() -> ml_collections.ConfigDict:
         p_tuning=dict(
             encoder_type="mlp", dropout=0.0, num_layers=2, encoder_hidden=2048, init_std=0.023
         ),
+        # Deep prompts (virtual_prompt_style prefix-tuning / p-tuning-v2). projection=False:
+        # per-layer key/value tables, started from the frozen model's keys and values of
+        # prompt_tuning's init; True: P-tuning v2's reparameterisation, an MLP (input E ->
+        # projection_hidden -> L * 2 * K * D) over per-task learned inputs while training.
+        prefix_tuning=dict(projection=False, projection_hidden=512, dropout=0.0, init_std=0.023),
         data=dict(
             seed=1234,  # data order (shuffling); model.seed draws the prompt init and dropout
             train_ds=(),
@@ -221,6 +230,10 @@ def base_config() -> ml_collections.ConfigDict:
             shuffle=True,
             num_workers=0,
             validation_metric_examples=200,  # examples decoded for task metrics per validation
+            # How validation answers them: "auto" ranks a task's closed label set (one scoring
+            # pass, no decoding loop) and generates open answers; "generate"; "rank". The test
+            # split is answered as `inference` says, as a served model would be.
+            validation_answers="auto",
         ),
         optim=dict(
             name="adamw",
@@ -323,6 +336,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"model.batch_chains={m.batch_chains}: use 0 (auto) or a divisor of "
             f"model.micro_batch_size={m.micro_batch_size}"
+        )
+    if m.data.validation_answers not in VALIDATION_ANSWERS:
+        raise ConfigError(
+            f"model.data.validation_answers={m.data.validation_answers!r}: use one of "
+            f"{', '.join(VALIDATION_ANSWERS)}"
         )
     if config.trainer.max_steps < 0 and config.trainer.max_epochs <= 0:
         raise ConfigError("set trainer.max_steps (>= 0) or trainer.max_epochs (> 0)")

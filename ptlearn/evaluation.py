@@ -74,8 +74,10 @@ def validate_tasks(
     prefix: str = "val",
 ) -> dict[str, float]:
     """Task metrics (SPEC section 5) as `{prefix}_{task}/{metric}`: by default on the first
-    `validation_metric_examples` validation records, by generation (or rank classification
-    when inference.rank_classification)."""
+    `validation_metric_examples` validation records, answered as
+    `model.data.validation_answers` says; given records (the test split) are answered as
+    `inference` says (generation, or rank classification when inference.rank_classification)."""
+    method = s.config.model.data.validation_answers if records is None else "inference"
     if records is None:
         limit = s.config.model.data.validation_metric_examples
         records = s.val_records[:limit] if limit else []
@@ -92,11 +94,42 @@ def validate_tasks(
         add_bos=s.config.model.data.add_bos,
         add_eos=s.config.model.data.add_eos,
     )
-    predictions = predict.predict_records(lm, records, s.config.inference, label_sets=s.label_sets)
+    predictions = answers(lm, records, s.config.inference, s.label_sets, method)
     flat = {}
     for task, values in predict.score(lm, records, predictions).items():
         flat.update({f"{prefix}_{task}/{k}": v for k, v in values.items()})
     return flat
+
+
+def answers(
+    lm: predict.PromptedLM,
+    records: Sequence[tuple[int, dict]],
+    inference: Any,
+    label_sets: Mapping[str, Sequence[str]],
+    method: str,
+) -> list[str]:
+    """One answer per record. method: "inference" (as `inference` says), "generate", "rank",
+    or "auto" (rank for tasks with a closed label set, generate for the others)."""
+    if method == "inference":
+        return predict.predict_records(lm, records, inference, label_sets=label_sets)
+    ranked = [
+        method == "rank" or (method == "auto" and r.get("taskname") in label_sets)
+        for _, r in records
+    ]
+    result = [""] * len(records)
+    for rank in (True, False):
+        chosen = [i for i, r in enumerate(ranked) if r == rank]
+        if not chosen:
+            continue
+        options = predict.with_options(inference, {"rank_classification": rank})
+        subset = [records[i] for i in chosen]
+        for i, answer in zip(
+            chosen,
+            predict.predict_records(lm, subset, options, label_sets=label_sets),
+            strict=True,
+        ):
+            result[i] = answer
+    return result
 
 
 def write_prompt_model(

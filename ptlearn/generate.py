@@ -63,6 +63,8 @@ def decode(
     embeddings: jax.Array | None = None,
     prefix_cache: Cache | None = None,
     prefix_lengths: jax.Array | None = None,
+    kv_override: Any = None,
+    kv_index: jax.Array | None = None,
     *,
     config: GPTConfig,
     tokens_to_generate: int,
@@ -73,7 +75,8 @@ def decode(
 
     params: the GPT's {"params": ...}; ids: [B, T] int32, left-padded; prompt_mask: [B, T] bool
     (True on real tokens); embeddings: optional [B, T, E] input embeddings used instead of ids
-    for the prompt (the prompt-learning path). prefix_cache: optional keys and values of tokens
+    for the prompt (the prompt-learning path); kv_override / kv_index: the prompt's key/value
+    override (deep prompts, see `GPT.__call__`). prefix_cache: optional keys and values of tokens
     that come before each prompt, already computed ([.., B, P, K, D], see `prefix_cache`), row b
     holding prefix_lengths[b] (int32 [B]) of them in its first slots; the prompt then continues
     at position prefix_lengths[b]. Returns (tokens [B, N] int32, lengths [B] int32): row b's
@@ -97,6 +100,8 @@ def decode(
     hidden, cache = model.apply(
         params,
         **inputs,
+        kv_override=kv_override,
+        kv_index=kv_index,
         positions=positions,
         attention_mask=key_mask,
         cache=cache,
@@ -141,12 +146,19 @@ def decode(
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def prefix_cache(
-    params: Any, embeddings: jax.Array, lengths: jax.Array, *, config: GPTConfig
+    params: Any,
+    embeddings: jax.Array,
+    lengths: jax.Array,
+    kv_override: Any = None,
+    kv_index: jax.Array | None = None,
+    *,
+    config: GPTConfig,
 ) -> Cache:
     """Keys and values of shared prompt prefixes (e.g. one per task), computed once.
 
     embeddings: [R, P, E], row r's prefix right-padded after lengths[r] (int32 [R]) tokens at
-    positions 0..lengths[r]-1. Returns a cache ([.., R, P, K, D]) whose rows `decode` takes
+    positions 0..lengths[r]-1; kv_override / kv_index: the prefixes' key/value override (deep
+    prompts, see `GPT.__call__`). Returns a cache ([.., R, P, K, D]) whose rows `decode` takes
     as `prefix_cache` (gather them per request first, see `gather_rows`).
     """
     rows, length = embeddings.shape[:2]
@@ -154,6 +166,8 @@ def prefix_cache(
     _, cache = GPT(config).apply(
         params,
         embeddings=embeddings,
+        kv_override=kv_override,
+        kv_index=kv_index,
         attention_mask=mask,
         cache=init_cache(config, rows, length),
         cache_index=0,

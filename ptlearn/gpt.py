@@ -1,8 +1,11 @@
 """The frozen GPT: one Flax model for the GPT-2 / Megatron and the Llama families.
 
-The prompt enters as input embeddings (`GPT.embed_tokens`, then `GPT.__call__(embeddings=...)`),
-the single injection point: nothing here knows about prompts. Blocks are stacked with `nn.scan`
-(parameters carry a leading `layers` axis), which keeps compile time flat in depth.
+A prompt enters through two generic seams, and nothing here knows about prompts: input
+embeddings (`GPT.embed_tokens`, then `GPT.__call__(embeddings=...)`) and a per-layer key/value
+override (`kv_override` + `kv_index`: rows that replace the keys and values a layer computes at
+chosen slots, before the rotary embedding, so each key is rotated by its slot's position; deep
+prompts use it). Blocks are stacked with `nn.scan` (parameters carry a leading `layers` axis),
+which keeps compile time flat in depth.
 
 Parameter tree (under "params"; L = layers, E = hidden, N = heads, K = kv heads, D = head dim):
   embed/embedding [V, E]; pos_embed/embedding [P, E] (learned positions only)
@@ -27,6 +30,9 @@ from ptlearn import layers
 
 # Scanned layers: {"k", "v"}: [L, B, S, K, D]; unrolled: one {"k", "v"}: [B, S, K, D] per layer.
 Cache = dict[str, jax.Array] | list[dict[str, jax.Array]]
+# Keys and values to write over the computed ones: {"k", "v"}: [L, B, R, K, D], R rows per
+# batch row; `kv_index` [B, T] int says which row sits at each position (-1: none).
+KVOverride = dict[str, jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +164,13 @@ class Block(nn.Module):
         mask: jax.Array,
         cache: Cache | None,
         cache_index: jax.Array | None,
+        kv_override: KVOverride | None = None,
+        kv_index: jax.Array | None = None,
     ) -> tuple[jax.Array, Cache | None]:
-        """x: [B, T, E] -> ([B, T, E], this layer's updated cache {"k", "v"}: [B, S, K, D])."""
+        """x: [B, T, E] -> ([B, T, E], this layer's updated cache {"k", "v"}: [B, S, K, D]).
+
+        kv_override: this layer's {"k", "v"}: [B, R, K, D]; kv_index: [B, T] (see KVOverride).
+        """
         c = self.config
         rope_base = c.rope_base if c.position_embedding == "rope" else None
         attn_norm = layers.make_norm(c.norm, c.norm_eps, c.dtype, c.param_dtype, "attn_norm")
@@ -187,8 +198,10 @@ class Block(nn.Module):
             name="mlp",
         )
 
-        def run(x, positions, mask, cache):
-            h, cache = attn(attn_norm(x), positions, mask, cache, cache_index)
+        def run(x, positions, mask, cache, kv_override, kv_index):
+            h, cache = attn(
+                attn_norm(x), positions, mask, cache, cache_index, kv_override, kv_index
+            )
             x = x + h
             return x + mlp(mlp_norm(x)), cache
 
@@ -196,9 +209,26 @@ class Block(nn.Module):
         if chains > 1 and cache is None and x.shape[0] % chains == 0:
             rows = x.shape[0] // chains
             parts = [slice(i * rows, (i + 1) * rows) for i in range(chains)]
-            x = jnp.concatenate([run(x[p], positions[p], mask[p], None)[0] for p in parts], 0)
+
+            def rows_of(tree, p):
+                return None if tree is None else jax.tree.map(lambda a: a[p], tree)
+
+            x = jnp.concatenate(
+                [
+                    run(
+                        x[p],
+                        positions[p],
+                        mask[p],
+                        None,
+                        rows_of(kv_override, p),
+                        rows_of(kv_index, p),
+                    )[0]
+                    for p in parts
+                ],
+                0,
+            )
         else:
-            x, cache = run(x, positions, mask, cache)
+            x, cache = run(x, positions, mask, cache, kv_override, kv_index)
         # Pin the residual stream's layout at block boundaries (a no-op without a mesh).
         x = nn.with_logical_constraint(
             x, ("activation_batch", "activation_length", "activation_embed")
@@ -281,7 +311,7 @@ class GPT(nn.Module):
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+            in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, 0, nn.broadcast),
             length=c.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
@@ -309,6 +339,8 @@ class GPT(nn.Module):
         attention_mask: jax.Array | None = None,
         cache: Cache | None = None,
         cache_index: jax.Array | int | None = None,
+        kv_override: KVOverride | None = None,
+        kv_index: jax.Array | None = None,
         return_hidden: bool = False,
     ) -> tuple[jax.Array, Cache | None]:
         """Runs the stack.
@@ -318,6 +350,9 @@ class GPT(nn.Module):
         key slots hold real tokens (default all); S = T without a cache, the cache length with
         one. cache: {"k", "v"}: [L, B, S, K, D] from `init_cache`; the new keys go to slots
         cache_index .. cache_index+T-1 and a query at slot i sees slots <= i.
+        kv_override: {"k", "v"}: [L, B, R, K, D] with kv_index: [B, T] int: at each position
+        whose index r >= 0, every layer's key (before rotary) and value are row r's instead
+        of the ones computed from x (see KVOverride).
         Returns (logits [B, T, V] float32, or final-normed hidden [B, T, E] when return_hidden;
         the updated cache or None).
         """
@@ -340,13 +375,21 @@ class GPT(nn.Module):
         x = nn.with_logical_constraint(
             x, ("activation_batch", "activation_length", "activation_embed")
         )
+        if (kv_override is None) != (kv_index is None):
+            raise ValueError("GPT: kv_override and kv_index come together")
         if c.scan_layers:
-            x, cache = self.layers(x, positions, mask, cache, start)
+            x, cache = self.layers(x, positions, mask, cache, start, kv_override, kv_index)
         else:
             updated = []
             for i, block in enumerate(self.blocks):
                 x, layer_cache = block(
-                    x, positions, mask, None if cache is None else cache[i], start
+                    x,
+                    positions,
+                    mask,
+                    None if cache is None else cache[i],
+                    start,
+                    None if kv_override is None else jax.tree.map(lambda a, i=i: a[i], kv_override),
+                    kv_index,
                 )
                 updated.append(layer_cache)
             cache = None if cache is None else updated

@@ -381,6 +381,13 @@ def dot_product_attention(
     return out.transpose(0, 3, 1, 2, 4).reshape(batch, length, num_heads, head_dim)
 
 
+def override_rows(computed: jax.Array, rows: jax.Array, index: jax.Array) -> jax.Array:
+    """computed: [B, T, K, D]; rows: [B, R, K, D]; index: [B, T] int -> computed with
+    rows[b, index[b, t]] at each position whose index is >= 0 (in computed's dtype)."""
+    picked = jnp.take_along_axis(rows, jnp.maximum(index, 0)[:, :, None, None], axis=1)
+    return jnp.where((index >= 0)[:, :, None, None], picked.astype(computed.dtype), computed)
+
+
 class Attention(nn.Module):
     """Multi-head / grouped-query self-attention with optional RoPE and a preallocated KV cache."""
 
@@ -402,11 +409,15 @@ class Attention(nn.Module):
         mask: jax.Array,
         cache: dict[str, jax.Array] | None,
         cache_index: jax.Array | None,
+        kv_override: dict[str, jax.Array] | None = None,
+        kv_index: jax.Array | None = None,
     ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
         """x: [B, T, E]; positions: [B, T]; mask: [B, T, S] bool; cache k/v: [B, S, K, D].
 
         Without a cache S = T. With one, the new keys are written at `cache_index` and the
         queries attend over all S cache slots (the mask says which are valid).
+        kv_override {"k", "v"}: [B, R, K, D] with kv_index [B, T] int: where the index r >= 0
+        the key (before rotary) and value are row r's rather than projected from x.
         Returns ([B, T, E], the updated cache or None).
         """
         features = x.shape[-1]
@@ -426,6 +437,11 @@ class Attention(nn.Module):
         q = projection(self.num_heads, ("embed", "heads", "head_dim"), "query")(x)
         k = projection(self.num_kv_heads, ("embed", "kv_heads", "head_dim"), "key")(x)
         v = projection(self.num_kv_heads, ("embed", "kv_heads", "head_dim"), "value")(x)
+        if kv_override is not None:
+            k, v = (
+                override_rows(computed, kv_override[name], kv_index)
+                for computed, name in ((k, "k"), (v, "v"))
+            )
         if self.rope_base is not None:
             q = apply_rope(q, positions, self.rope_base)
             k = apply_rope(k, positions, self.rope_base)

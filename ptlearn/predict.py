@@ -182,7 +182,7 @@ def generate_answers(
             pad_id=pad_id,
             left_pad=True,
         )
-        embeddings = prefix_caches.prompted_inputs(
+        inputs = prefix_caches.prompted_inputs(
             lm.config,
             lm.lm_params,
             lm.tables,
@@ -201,9 +201,11 @@ def generate_answers(
             jnp.asarray(batch["ids"]),
             jnp.asarray(batch["attention_mask"]),
             batch_rng,
-            embeddings,
+            inputs["embeddings"],
             prefix,
             row_lengths,
+            inputs.get("kv_override"),
+            inputs.get("kv_index"),
             config=lm.config,
             tokens_to_generate=int(inference.tokens_to_generate),
             sampling=sampling,

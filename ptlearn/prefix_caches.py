@@ -24,7 +24,7 @@ MAX_PREFIX_CACHES = 256
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def prompted_inputs(config, lm_params, tables, ids, task_id, virtual_index):
-    return prompted.prompted_embeddings(GPT(config), lm_params, tables, ids, task_id, virtual_index)
+    return prompted.prompted_inputs(GPT(config), lm_params, tables, ids, task_id, virtual_index)
 
 
 def shared_prefix_length(examples: Sequence[templates.EncodedExample]) -> int:
@@ -52,13 +52,15 @@ def _prefix_cache_of(lm: Any, example: templates.EncodedExample, length: int) ->
         if len(lm.prefix_caches) >= MAX_PREFIX_CACHES:  # a long-lived server: drop the oldest
             lm.prefix_caches.pop(next(iter(lm.prefix_caches)))
         task_id = np.asarray([lm.task_index[example.taskname]], np.int32)
-        embeddings = prompted_inputs(
+        inputs = prompted_inputs(
             lm.config, lm.lm_params, lm.tables, ids[None], task_id, virtual_index[None]
         )
         lm.prefix_caches[key] = prefix_cache(
             {"params": lm.lm_params},
-            embeddings,
+            inputs["embeddings"],
             np.asarray([length], np.int32),
+            inputs.get("kv_override"),
+            inputs.get("kv_index"),
             config=lm.config,
         )
     return lm.prefix_caches[key]

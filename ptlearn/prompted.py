@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,31 +24,45 @@ def lm_shardings(config: gpt.GPTConfig, mesh: Any, rules: Any) -> Any:
 
 
 def stack_tables(tables: Mapping[str, np.ndarray], task_names: Sequence[str]) -> np.ndarray:
-    """{task: [P_task, E]} -> [num_tasks, P_max, E] in `task_names` order, zero-padded."""
-    longest = max(tables[t].shape[0] for t in task_names)
-    width = tables[task_names[0]].shape[1]
-    stacked = np.zeros((len(task_names), longest, width), np.float32)
-    for i, task in enumerate(task_names):
-        stacked[i, : tables[task].shape[0]] = tables[task]
-    return stacked
+    """{task: [P_task, *row]} -> [num_tasks, P_max, *row] float32 in `task_names` order,
+    zero-padded."""
+    return prompts.pad_stack([np.asarray(tables[t], np.float32) for t in task_names])
 
 
-def prompted_embeddings(
+def is_deep(tables: Any) -> bool:
+    """Whether stacked tables are deep prompts' [num_tasks, P, L, 2, K, D] (not [.., P, E])."""
+    return tables.ndim == 6
+
+
+def prompted_inputs(
     model: GPT,
     lm_params: dict,
     tables: jax.Array,
     ids: jax.Array,
     task_id: jax.Array,
     virtual_index: jax.Array,
-) -> jax.Array:
-    """Token embeddings with each row's task prompt written into its virtual slots.
+) -> dict[str, jax.Array]:
+    """The GPT's inputs with each row's task prompt in its virtual slots (keyword arguments of
+    `GPT.__call__`).
 
-    ids, virtual_index: [B, T]; task_id: [B]; tables: [num_tasks, P, E] -> [B, T, E].
+    ids, virtual_index: [B, T]; task_id: [B]. tables: [num_tasks, P, E] -> {"embeddings":
+    [B, T, E]} with the prompt rows written in; or deep prompts' [num_tasks, P, L, 2, K, D]
+    -> {"embeddings": the token embeddings, "kv_override": {"k", "v"}: [L, B, P, K, D] (each
+    row's task table), "kv_index": virtual_index}: every layer's key and value at a virtual
+    slot are its table row's, the key rotated by the slot's position like any other.
     """
     token_embeddings = model.apply({"params": lm_params}, ids, method=GPT.embed_tokens)
-    return prompts.combine(
-        token_embeddings, tables.astype(token_embeddings.dtype), task_id, virtual_index
+    if not is_deep(tables):
+        embeddings = prompts.combine(
+            token_embeddings, tables.astype(token_embeddings.dtype), task_id, virtual_index
+        )
+        return {"embeddings": embeddings}
+    rows = jnp.moveaxis(tables[task_id], 2, 0)  # [L, B, P, 2, K, D]
+    rows = nn.with_logical_constraint(
+        rows, ("layers", "activation_batch", "prompt_tokens", "prompt_kv", "kv_heads", "head_dim")
     )
+    override = {"k": rows[:, :, :, 0], "v": rows[:, :, :, 1]}
+    return {"embeddings": token_embeddings, "kv_override": override, "kv_index": virtual_index}
 
 
 def answer_nll(
@@ -59,12 +74,12 @@ def answer_nll(
     target_index, target_mask [B, K] (see batching.collate).
     Returns (nll [B, K] float32, zero where nothing counts; mask [B, K] float32).
     """
-    embeddings = prompted_embeddings(
+    inputs = prompted_inputs(
         model, lm_params, tables, batch["ids"], batch["task_id"], batch["virtual_index"]
     )
     hidden, _ = model.apply(
         {"params": lm_params},
-        embeddings=embeddings,
+        **inputs,
         positions=batch["positions"],
         attention_mask=batch["attention_mask"],
         return_hidden=True,

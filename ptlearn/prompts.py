@@ -5,6 +5,12 @@ added independently:
 
   prompt tuning:  {"tables": {task: [P_task, E]}}
   p-tuning:       {"inputs": {task: [P_task, E_in]}, "encoder": {...}}
+  deep prompts:   {"tables": {task: [P_task, L, 2, K, D]}} (keys and values at every layer),
+                  or p-tuning's tree whose encoder output is reshaped to [P_task, L, 2, K, D]
+
+A row of a table is what one virtual token contributes: an input embedding [E], or for deep
+prompts (prefix tuning / P-tuning v2) a key and a value per layer [L, 2, K, D] that the frozen
+GPT takes as its key/value override (`prompted.prompted_inputs`).
 
 One encoder is shared by all tasks trained together; each task feeds it its own learned inputs,
 so tasks get distinct prompts. A tree may hold both groups (old tasks frozen into tables, new
@@ -30,13 +36,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptlearn import layers
+from ptlearn import config_lib, layers
 from ptlearn.errors import ConfigError
 
-PROMPT_STYLES = ("prompt-tuning", "p-tuning", "inference")
+PROMPT_STYLES = config_lib.VIRTUAL_PROMPT_STYLES
 INIT_METHODS = ("text", "random", "vocab", "labels")
 ENCODER_TYPES = ("mlp", "lstm", "biglstm", "tpmlp")
 TABLE_AXES = ("prompt_tokens", "prompt_embed")
+# Deep tables split over the heads like the model's own keys and values.
+DEEP_TABLE_AXES = ("prompt_tokens", "layers", "prompt_kv", "kv_heads", "head_dim")
 # Low ids are the most frequent tokens in BPE vocabularies (merges are learned by frequency).
 VOCAB_INIT_TOP = 5000
 
@@ -51,8 +59,9 @@ def _check_task_name(task: str) -> None:
         )
 
 
-def _box_table(table: jax.Array) -> nn.Partitioned:
-    return nn.Partitioned(table, names=TABLE_AXES)
+def box_table(table: jax.Array) -> nn.Partitioned:
+    """A table [P, E] or deep [P, L, 2, K, D] boxed with its logical axes."""
+    return nn.Partitioned(table, names=TABLE_AXES if table.ndim == 2 else DEEP_TABLE_AXES)
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,7 +203,7 @@ def init_prompt_tuning(
             init_token_ids=init_token_ids[i],
             task=task,
         )
-        tables[task] = _box_table(table)
+        tables[task] = box_table(table)
     return {"tables": tables}
 
 
@@ -219,6 +228,9 @@ class EncoderConfig:
     dropout: float = 0.0
     init_std: float = 0.023
     input_dim: int | None = None
+    # Each virtual token's row: () is [embed_dim]; deep prompts' (L, 2, K, D) has embed_dim
+    # equal to its product, the encoder's output reshaped (P-tuning v2's prefix projection).
+    table_shape: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.encoder_type not in ENCODER_TYPES:
@@ -238,6 +250,8 @@ class EncoderConfig:
             raise ConfigError(f"model.p_tuning.dropout={self.dropout} must be in [0, 1)")
         if self.init_std <= 0:
             raise ConfigError(f"model.p_tuning.init_std={self.init_std} must be > 0")
+        if self.table_shape and int(np.prod(self.table_shape)) != self.embed_dim:
+            raise ValueError(f"EncoderConfig: table_shape {self.table_shape} != embed_dim")
 
     @property
     def in_dim(self) -> int:
@@ -358,7 +372,7 @@ def init_p_tuning(
             )
         shape = (num_tokens, config.in_dim)
         values = config.init_std * jax.random.normal(jax.random.fold_in(inputs_rng, i), shape)
-        inputs[task] = _box_table(values)
+        inputs[task] = box_table(values)
     return {"inputs": inputs, "encoder": init_encoder(config, enc_rng)}
 
 
@@ -392,21 +406,25 @@ def task_table(
             f"task {task!r} has no prompt parameters (known tasks: {known}); add it to "
             "model.new_tasks or restore a prompt model that holds it"
         )
-    if style != "p-tuning" or encoder_config is None or "encoder" not in params:
+    encoded_styles = ("p-tuning", *config_lib.DEEP_PROMPT_STYLES)
+    if style not in encoded_styles or encoder_config is None or "encoder" not in params:
         raise ConfigError(
-            f"task {task!r} has p-tuning inputs but model.virtual_prompt_style={style!r} (or no "
+            f"task {task!r} has encoder inputs but model.virtual_prompt_style={style!r} (or no "
             "encoder is given); use p-tuning or freeze the encoder with freeze_to_tables"
         )
     deterministic = not train or encoder_config.dropout == 0.0
     if not deterministic and rng is None:
         raise ValueError("task_table: training with encoder dropout needs an rng")
     rngs = {} if deterministic else {"dropout": rng}
-    return PromptEncoder(encoder_config).apply(
+    table = PromptEncoder(encoder_config).apply(
         {"params": params["encoder"]},
         params["inputs"][task],
         deterministic=deterministic,
         rngs=rngs,
     )
+    if encoder_config.table_shape:
+        table = table.reshape(*table.shape[:-1], *encoder_config.table_shape)
+    return table
 
 
 def prompt_tables(
@@ -418,7 +436,8 @@ def prompt_tables(
     train: bool = False,
     rng: jax.Array | None = None,
 ) -> jax.Array:
-    """Every task's table in one array [num_tasks, P_max, E] float32 (what a train step calls).
+    """Every task's table in one array [num_tasks, P_max, *row] float32 (what a train step
+    calls; row is [E], or [L, 2, K, D] for deep prompts).
 
     Rows follow `task_names` (row i is task id i); shorter tables are zero-padded to P_max.
     style: model.virtual_prompt_style. The encoder runs once per p-tuned task, with a
@@ -437,8 +456,16 @@ def prompt_tables(
             prompt_params, task, encoder_config, style=style, train=train, rng=task_rng
         )
         tables.append(table.astype(jnp.float32))
+    return pad_stack(tables)
+
+
+def pad_stack(tables: Sequence[Any]) -> Any:
+    """[P_task, *row] per task -> [num_tasks, P_max, *row], zero-padded along P (numpy in,
+    numpy out; jax in, jax out)."""
     p_max = max(t.shape[0] for t in tables)
-    return jnp.stack([jnp.pad(t, ((0, p_max - t.shape[0]), (0, 0))) for t in tables])
+    xp = np if all(isinstance(t, np.ndarray) for t in tables) else jnp
+    widths = [((0, p_max - t.shape[0]),) + ((0, 0),) * (t.ndim - 1) for t in tables]
+    return xp.stack([xp.pad(t, w) for t, w in zip(tables, widths, strict=True)])
 
 
 def freeze_to_tables(
@@ -446,7 +473,8 @@ def freeze_to_tables(
     encoder_config: EncoderConfig | None,
     task_names: Sequence[str] | None = None,
 ) -> dict[str, dict[str, jax.Array]]:
-    """{"tables": {task: [P, E]}} for serving: p-tuned tasks get the encoder's eval-mode output.
+    """{"tables": {task: [P, *row]}} for serving: encoded tasks get the encoder's eval-mode
+    output (deep prompts: per-layer key/value tables [P, L, 2, K, D]).
 
     Tasks that already have tables are passed through unchanged; task_names defaults to every
     task in the tree. Returns plain (unboxed) float32 arrays; TABLE_AXES gives their axes.

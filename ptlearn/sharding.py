@@ -55,6 +55,7 @@ DEFAULT_RULES: Rules = (
     ("layers", None),
     # Prompts are small: replicated, except the tpmlp encoder's hidden dimension.
     ("prompt_tokens", None),
+    ("prompt_kv", None),  # deep prompts' key / value axis (their heads follow `kv_heads`)
     ("prompt_embed", None),
     ("prompt_hidden", None),
     ("prompt_mlp", "model"),

@@ -10,11 +10,12 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
 
-from ptlearn import config_lib, prompts, sharding, templates
+from ptlearn import config_lib, deep_prompts, prompts, sharding, templates
 from ptlearn.checkpoints import file_checksum, load_model, resolve_model
 from ptlearn.checkpoints.prompt_model import PromptModel, load_prompt_model
 from ptlearn.data import jsonl
@@ -184,19 +185,35 @@ def _check_tasks(records: list[tuple[str, int, dict]], allowed: Sequence[str], w
             )
 
 
-def encoder_config_from(model_cfg: Any, hidden_size: int) -> prompts.EncoderConfig | None:
-    """The p-tuning encoder of `model.p_tuning.*` (None for other prompt styles)."""
-    if model_cfg.virtual_prompt_style != "p-tuning":
-        return None
-    p = model_cfg.p_tuning
-    return prompts.EncoderConfig(
-        encoder_type=p.encoder_type,
-        embed_dim=hidden_size,
-        num_layers=p.num_layers,
-        encoder_hidden=p.encoder_hidden,
-        dropout=p.dropout,
-        init_std=p.init_std,
-    )
+def encoder_config_from(model_cfg: Any, base: Any) -> prompts.EncoderConfig | None:
+    """The prompt encoder of the run, for the base model's GPTConfig `base`: p-tuning's
+    (`model.p_tuning.*`), or the deep prompts' projection (`model.prefix_tuning.*`: an MLP
+    from each virtual token's input [E] to its keys and values [L, 2, K, D]); None for styles
+    that train tables directly."""
+    style = model_cfg.virtual_prompt_style
+    if style == "p-tuning":
+        p = model_cfg.p_tuning
+        return prompts.EncoderConfig(
+            encoder_type=p.encoder_type,
+            embed_dim=base.hidden_size,
+            num_layers=p.num_layers,
+            encoder_hidden=p.encoder_hidden,
+            dropout=p.dropout,
+            init_std=p.init_std,
+        )
+    if style in config_lib.DEEP_PROMPT_STYLES and model_cfg.prefix_tuning.projection:
+        d = model_cfg.prefix_tuning
+        shape = deep_prompts.row_shape(base)
+        return prompts.EncoderConfig(
+            encoder_type="mlp",
+            embed_dim=int(np.prod(shape)),
+            encoder_hidden=d.projection_hidden,
+            dropout=d.dropout,
+            init_std=d.init_std,
+            input_dim=base.hidden_size,
+            table_shape=shape,
+        )
+    return None
 
 
 def setup(config: ml_collections.ConfigDict) -> Setup:
@@ -227,7 +244,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     # Loaded straight into the storage dtype: no float32 copy of the model stays around.
     loaded = load_model(m.language_model_path, dtype=frozen_weights_dtype(m))
     max_len = min(m.max_seq_length, loaded.config.max_position_embeddings)
-    encoder_config = encoder_config_from(m, loaded.config.hidden_size)
+    encoder_config = encoder_config_from(m, loaded.config)
     label_sets = dict(restored.label_sets) if restored is not None else {}
     label_sets.update(_label_sets(train_records, served))
     return Setup(
@@ -259,42 +276,23 @@ def init_prompt_params(s: Setup, rng: jax.Array) -> dict[str, Any]:
     """Fresh parameters for the new tasks (boxed with logical axes), plus the restored tables
     of existing tasks (plain arrays: replicated)."""
     m = s.config.model
+    style = m.virtual_prompt_style
     num_tokens = [s.templates[t].total_virtual_tokens for t in s.new_tasks]
-    if m.virtual_prompt_style == "p-tuning":
+    if s.encoder_config is not None:  # p-tuning, or deep prompts through their projection
         params = prompts.init_p_tuning(
             s.encoder_config, dict(zip(s.new_tasks, num_tokens, strict=True)), rng
         )
-    elif m.virtual_prompt_style == "prompt-tuning":
-        methods = _per_task(
-            m.prompt_tuning.new_prompt_init_methods, s.new_tasks, "new_prompt_init_methods"
-        )
-        texts = _per_task(m.prompt_tuning.new_prompt_init_text, s.new_tasks, "new_prompt_init_text")
-        token_ids = []
-        for task, method, text in zip(s.new_tasks, methods, texts, strict=True):
-            if method == "labels":
-                words = " ".join(s.label_sets.get(task, []))
-                if not words:
-                    raise ConfigError(
-                        f"task {task!r}: 'labels' init needs a closed label set in the training data"
+    elif style == "prompt-tuning" or style in config_lib.DEEP_PROMPT_STYLES:
+        params = _init_tables(s, num_tokens, rng)
+        if style in config_lib.DEEP_PROMPT_STYLES:  # the frozen model's keys and values of them
+            params["tables"] = {
+                task: prompts.box_table(
+                    deep_prompts.tables_from_embeddings(
+                        s.model.config, s.loaded.params, nn.meta.unbox(table)
                     )
-                token_ids.append(s.loaded.tokenizer.encode(" " + words))
-            elif method == "text":
-                if not text:
-                    raise ConfigError(
-                        f"model.prompt_tuning.new_prompt_init_text: task {task!r} uses 'text' "
-                        "init but its text is empty"
-                    )
-                token_ids.append(s.loaded.tokenizer.encode(text))
-            else:
-                token_ids.append(None)
-        params = prompts.init_prompt_tuning(
-            s.new_tasks,
-            num_tokens,
-            methods,
-            token_ids,
-            s.loaded.params["embed"]["embedding"],
-            rng,
-        )
+                )
+                for task, table in params["tables"].items()
+            }
     else:
         raise ConfigError(
             "model.virtual_prompt_style='inference' does not train; use ptlearn.predict"
@@ -302,9 +300,60 @@ def init_prompt_params(s: Setup, rng: jax.Array) -> dict[str, Any]:
     if s.restored is not None:
         existing = s.task_names[: len(s.task_names) - len(s.new_tasks)]
         tables = params.setdefault("tables", {})
+        row = table_row_shape(style, s.model.config)
         for task in existing:
-            tables[task] = np.asarray(s.restored.tables[task])
+            table = np.asarray(s.restored.tables[task])
+            if table.shape[1:] != row:
+                raise ConfigError(
+                    f"model.restore_path: task {task!r}'s prompt has rows of shape "
+                    f"{list(table.shape[1:])} but model.virtual_prompt_style={style!r} makes "
+                    f"{list(row)}; add tasks in the style the prompt model was trained with"
+                )
+            tables[task] = table
     return params
+
+
+def table_row_shape(style: str, config: Any) -> tuple[int, ...]:
+    """What one virtual token of `style` holds: [E], or deep prompts' [L, 2, K, D]."""
+    if style in config_lib.DEEP_PROMPT_STYLES:
+        return deep_prompts.row_shape(config)
+    return (config.hidden_size,)
+
+
+def _init_tables(s: Setup, num_tokens: Sequence[int], rng: jax.Array) -> dict[str, Any]:
+    """Prompt tuning's initial tables {"tables": {task: [P, E]}} by
+    `model.prompt_tuning.new_prompt_init_methods`."""
+    m = s.config.model
+    methods = _per_task(
+        m.prompt_tuning.new_prompt_init_methods, s.new_tasks, "new_prompt_init_methods"
+    )
+    texts = _per_task(m.prompt_tuning.new_prompt_init_text, s.new_tasks, "new_prompt_init_text")
+    token_ids = []
+    for task, method, text in zip(s.new_tasks, methods, texts, strict=True):
+        if method == "labels":
+            words = " ".join(s.label_sets.get(task, []))
+            if not words:
+                raise ConfigError(
+                    f"task {task!r}: 'labels' init needs a closed label set in the training data"
+                )
+            token_ids.append(s.loaded.tokenizer.encode(" " + words))
+        elif method == "text":
+            if not text:
+                raise ConfigError(
+                    f"model.prompt_tuning.new_prompt_init_text: task {task!r} uses 'text' "
+                    "init but its text is empty"
+                )
+            token_ids.append(s.loaded.tokenizer.encode(text))
+        else:
+            token_ids.append(None)
+    return prompts.init_prompt_tuning(
+        s.new_tasks,
+        num_tokens,
+        methods,
+        token_ids,
+        s.loaded.params["embed"]["embedding"],
+        rng,
+    )
 
 
 def _per_task(values: Any, tasks: Sequence[str], key: str) -> list:

@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 from tiny_model import write_tiny_data
 
 import ptlearn
-from ptlearn import files
+from ptlearn import config_lib, evaluation, files
 from ptlearn.data import toy
 from ptlearn.errors import ConfigError, PtlearnError
 
@@ -140,6 +140,19 @@ def test_rerun_under_a_changed_config_names_the_key(toy_data, tmp_path):
     )
 
 
+def test_a_key_added_later_at_its_default_is_no_change():
+    from ptlearn import config_lib, runs
+
+    new = runs.config_dict(config_lib.base_config())
+    old = json.loads(json.dumps(new))
+    del old["model"]["prefix_tuning"]  # a run recorded before deep prompts existed
+    assert runs.changed_keys(old, new) == []
+    new["model"]["prefix_tuning"]["projection"] = True
+    assert runs.changed_keys(old, new) == ["model.prefix_tuning.projection"]
+    del new["inference"]["stop_strings"]  # a key the new config lacks is always a change
+    assert "inference.stop_strings" in runs.changed_keys(old, new)
+
+
 def test_one_run_per_workdir(toy_data, tmp_path):
     with files.exclusive(tmp_path, "run"):
         with pytest.raises(ConfigError, match="in use by another ptlearn process"):
@@ -213,6 +226,16 @@ def test_prompted_lm_predict_rank_generate_evaluate(toy_data, tmp_path):
     assert stopped == [a.split(stop)[0].strip() for a in raw]
     with pytest.raises(PtlearnError, match="stop_strings"):
         lm.predict(records, stop_strings=("",))
+    # Validation's "auto": rank classification where the task has a closed label set.
+    numbered = list(enumerate(records, 1))
+    closed = {"sentiment": list(toy.LABELS)}
+    assert evaluation.answers(lm, numbered, lm.inference, closed, "auto") == ranked
+    assert evaluation.answers(lm, numbered, lm.inference, {}, "auto") == lm.predict(records)
+    bad = ptlearn.load_config(
+        "sentiment_prompt_tuning", "model=tiny", **{"model.data.validation_answers": "guess"}
+    )
+    with pytest.raises(ConfigError, match="validation_answers"):
+        config_lib.validate(bad)
     scores = lm.evaluate(records, rank_classification=True)
     expected = np.mean([p == r["label"] for p, r in zip(ranked, records, strict=True)])
     assert scores["sentiment"]["accuracy"] == pytest.approx(expected)

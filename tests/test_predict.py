@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tiny_model import sharp_attention
 
-from ptlearn import config_lib, gpt, predict, prefix_caches
+from ptlearn import config_lib, deep_prompts, gpt, predict, prefix_caches
 from ptlearn.templates import VIRTUAL_FILL_ID, EncodedExample
 
 
@@ -48,13 +48,15 @@ def test_shared_prefix_ends_at_the_last_shared_virtual_token():
 
 
 @pytest.mark.parametrize("scan_layers", [True, False])
-def test_answers_with_prefix_caches_equal_the_whole_prompt(monkeypatch, scan_layers):
+@pytest.mark.parametrize("deep", [False, True], ids=["input-prompts", "deep-prompts"])
+def test_answers_with_prefix_caches_equal_the_whole_prompt(monkeypatch, scan_layers, deep):
     config = gpt.VARIANTS["test"]
     params = jax.device_get(nn.unbox(gpt.init_params(config, jax.random.key(0)))["params"])
     params = sharp_attention(params)
+    row = deep_prompts.row_shape(config) if deep else (config.hidden_size,)
     if not scan_layers:
         config, params = gpt.unstack_layers(config, params)
-    tables = np.random.default_rng(0).normal(0, 1, (2, 4, config.hidden_size)).astype(np.float32)
+    tables = np.random.default_rng(0).normal(0, 1, (2, 4, *row)).astype(np.float32)
     lm = predict.PromptedLM(
         config=config,
         lm_params=params,

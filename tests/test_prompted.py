@@ -35,12 +35,12 @@ def test_target_gather_equals_full_logits():
     tables = jax.random.normal(jax.random.key(1), (2, 5, config.hidden_size))
     nll, mask = jax.jit(lambda p, t, b: prompted.answer_nll(model, p, t, b))(params, tables, batch)
 
-    embeddings = prompted.prompted_embeddings(
+    inputs = prompted.prompted_inputs(
         model, params, tables, batch["ids"], batch["task_id"], batch["virtual_index"]
     )
     logits, _ = model.apply(
         {"params": params},
-        embeddings=embeddings,
+        **inputs,
         positions=batch["positions"],
         attention_mask=batch["attention_mask"],
     )

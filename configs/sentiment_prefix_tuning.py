@@ -1,0 +1,41 @@
+"""Deep prompts (prefix tuning / P-tuning v2: keys and values at every layer) for Financial
+PhraseBank sentiment.
+
+  python -m ptlearn.train --config=configs/sentiment_prefix_tuning.py --workdir=runs/sentiment_dp
+
+Arguments: init (text, random, vocab, labels: the input rows the frozen model's keys and values
+start from), projection (P-tuning v2's MLP reparameterisation instead of direct tables), data,
+model, steps, virtual (virtual tokens), seed (prompt init and data order).
+"""
+
+from ptlearn import config_lib
+
+
+def get_config(arg=None):
+    args = config_lib.parse_arg(
+        arg,
+        init="text",
+        projection=False,
+        data="data/fpb",
+        model="default",
+        steps=600,
+        virtual=10,
+        seed=1234,
+    )
+    c = config_lib.single_task_config("sentiment", "prefix-tuning", args)
+    c.model.max_seq_length = 256
+    c.model.prompt_tuning.new_prompt_init_methods = (args.init,)
+    c.model.prompt_tuning.new_prompt_init_text = (
+        "Classify the sentiment of this financial news sentence as positive, negative or neutral.",
+    )
+    c.model.prefix_tuning.projection = args.projection
+    c.model.optim.lr = 3e-3
+    c.model.optim.sched.warmup_steps = 30
+    c.trainer.val_check_interval = 100
+    c.inference.batch_size = 64
+    return c
+
+
+def get_hyper(h):
+    """Direct tables against the projection x 3 seeds."""
+    return h.product([h.sweep("projection", [False, True]), h.sweep("seed", [0, 1, 2])])
