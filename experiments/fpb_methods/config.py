@@ -1,5 +1,6 @@
 """The FPB method table: the frozen default model zero-shot and in-context, prompt tuning with
-each initialisation, p-tuning with each encoder; test accuracy, wall time, trainable parameters.
+each initialisation, p-tuning with each encoder, deep prompts; test accuracy, wall time,
+trainable parameters.
 
   python -m ptlearn.data.prepare financial_phrasebank --raw_dir=../shared/data --out_dir=data/fpb
   python -m ptlearn.sweep --config=experiments/fpb_methods/config.py --workdir=runs/fpb_methods
@@ -11,7 +12,9 @@ Methods (`method=...`): `zero-shot` and `zero-shot-rank` (no virtual tokens, no 
 template alone, answered by greedy generation up to the first newline or by ranking the three
 labels), `in-context-3[-rank]` and `in-context-8[-rank]` (k training examples written into the
 template, one per line, label-balanced, drawn by `seed`; no training; answered either way), `prompt-{text,random,vocab,labels}` (prompt tuning, 10 virtual tokens)
-and `ptune-{mlp,lstm,biglstm,tpmlp}` (p-tuning, 10 virtual tokens). Trained methods run the
+and `ptune-{mlp,lstm,biglstm,tpmlp}` (p-tuning, 10 virtual tokens), `prefix-text` and
+`prefix-mlp` (deep prompts, 10 virtual tokens: tables started from the frozen model's keys and
+values of the init text, or P-tuning v2's MLP projection). Trained methods run the
 shipped recipes for a fixed 400 steps in bf16 (as experiments/fpb_prompt_length); every method
 is scored on the same test split. The majority-class row comes from
 `python experiments/fpb_baselines.py --out=experiments/fpb_methods/baselines.csv`, given to the
@@ -50,7 +53,14 @@ def get_config(arg=None):
     method = args.method
     common = f"seed={args.seed},model={args.model},data={args.data}"
     untrained = method.startswith(("zero-shot", "in-context"))
-    if method.startswith("ptune-"):
+    if method.startswith("prefix-"):
+        projection = {"prefix-text": False, "prefix-mlp": True}.get(method)
+        if projection is None:
+            raise config_lib.ConfigError(f"method={method!r}: use prefix-text or prefix-mlp")
+        config = config_lib.load_config(
+            "sentiment_prefix_tuning", f"init=text,projection={projection},{common}"
+        )
+    elif method.startswith("ptune-"):
         encoder = method.removeprefix("ptune-")
         config = config_lib.load_config("sentiment_ptuning", f"encoder={encoder},{common}")
     elif method.startswith("prompt-") or untrained:
@@ -91,7 +101,8 @@ def get_hyper(h):
                 "method",
                 ["in-context-3", "in-context-3-rank", "in-context-8", "in-context-8-rank"]
                 + [f"prompt-{i}" for i in PROMPT_INITS]
-                + [f"ptune-{e}" for e in ENCODERS],
+                + [f"ptune-{e}" for e in ENCODERS]
+                + ["prefix-text", "prefix-mlp"],
             ),
             h.sweep("seed", [0, 1, 2]),
         ]
