@@ -39,4 +39,5 @@ def get_config(arg=None):
     c.trainer.limit_val_batches = 40
     c.inference.tokens_to_generate = 40
     c.inference.batch_size = 32
+    config_lib.fastest_numerics(c)
     return c

@@ -24,6 +24,9 @@ from ptlearn.errors import ConfigError
 DEEP_PROMPT_STYLES = ("prefix-tuning", "p-tuning-v2")
 VIRTUAL_PROMPT_STYLES = ("prompt-tuning", "p-tuning", *DEEP_PROMPT_STYLES, "inference")
 VALIDATION_ANSWERS = ("auto", "generate", "rank")
+# trainer.precision, model.frozen_weights_dtype and model.activations_checkpoint_granularity
+# may say this: the fastest setting for the run's devices (ptlearn/numerics.py).
+AUTO = "auto"
 # trainer.precision -> (activation dtype, matmul input dtype). "-mixed" (and NeMo's bare "bf16")
 # is autocast-like: float32 activations, low-precision matmuls; "-true" runs activations low too.
 PRECISIONS = {
@@ -331,7 +334,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"model.global_batch_size={m.global_batch_size} is not a multiple of "
             f"model.micro_batch_size={m.micro_batch_size}"
         )
-    dtypes_of_precision(config.trainer.precision)
+    if config.trainer.precision != AUTO:
+        dtypes_of_precision(config.trainer.precision)
     if m.batch_chains < 0 or (m.batch_chains and m.micro_batch_size % m.batch_chains):
         raise ConfigError(
             f"model.batch_chains={m.batch_chains}: use 0 (auto) or a divisor of "
@@ -427,6 +431,14 @@ def fast_cpu_training(config: ml_collections.ConfigDict) -> None:
     config.model.activations_checkpoint_granularity = "full"
 
 
+def fastest_numerics(config: ml_collections.ConfigDict) -> None:
+    """Precision, frozen-weight storage and remat all "auto": what the shipped configs use, the
+    fastest that kept accuracy on the run's devices (ptlearn/numerics.py says what and why)."""
+    config.trainer.precision = AUTO
+    config.model.frozen_weights_dtype = AUTO
+    config.model.activations_checkpoint_granularity = AUTO
+
+
 def set_seed(config: ml_collections.ConfigDict, seed: int) -> None:
     """The configs' `seed=N` argument: prompt init / dropout and data order both from `seed`."""
     config.model.seed = seed
@@ -451,4 +463,5 @@ def single_task_config(
     c.model.data.test_ds = (files["test"],)
     c.trainer.max_steps = steps
     c.inference.tokens_to_generate = REFERENCE_TASKS[taskname]["tokens_to_generate"]
+    fastest_numerics(c)
     return c

@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ptlearn import config_lib, deep_prompts, prompts, sharding, templates
+from ptlearn import config_lib, deep_prompts, numerics, prompts, sharding, templates
 from ptlearn.checkpoints import file_checksum, load_model, resolve_model
 from ptlearn.checkpoints.prompt_model import PromptModel, load_prompt_model
 from ptlearn.data import jsonl
@@ -50,6 +50,7 @@ class Setup:
     mesh: Any  # jax.sharding.Mesh ("data", "fsdp", "model")
     rules: Any  # logical-axis rules (sharding.Rules)
     accumulation: int  # micro-batches per step: global / (micro x data-parallel)
+    numerics: dict[str, str] = dataclasses.field(default_factory=dict)  # what "auto" chose
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,14 +218,13 @@ def encoder_config_from(model_cfg: Any, base: Any) -> prompts.EncoderConfig | No
 
 
 def setup(config: ml_collections.ConfigDict) -> Setup:
-    """Validates the config and reads templates and data, then loads the base model."""
+    """Validates the config and reads templates and data, then loads the base model. The
+    Setup's config has every "auto" numerics key resolved for the devices (`numerics`)."""
     config_lib.validate(config)
+    devices = sharding.select_devices(config.trainer.devices)
+    config, chosen = numerics.resolve(config, devices)
     m = config.model
-    mesh = sharding.make_mesh(
-        m.tensor_model_parallel_size,
-        config.mesh.fsdp,
-        sharding.select_devices(config.trainer.devices),
-    )
+    mesh = sharding.make_mesh(m.tensor_model_parallel_size, config.mesh.fsdp, devices)
     rules = sharding.rules_from_config(config.mesh.rules, sequence_parallel=m.sequence_parallel)
     accumulation = sharding.accumulation_steps(m.global_batch_size, m.micro_batch_size, mesh, rules)
     new_tasks = list(config_lib.as_tuple(m.new_tasks))
@@ -265,6 +265,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
         mesh=mesh,
         rules=rules,
         accumulation=accumulation,
+        numerics=chosen,
     )
 
 

@@ -317,6 +317,8 @@ def _train_and_evaluate(config, workdir_path, allow_config_change) -> runs.Run:
     record = runs.run_record(config)
     changed = runs.check_record(workdir_path, record, allow_config_change=allow_config_change)
     s = setup(config)
+    if s.numerics:  # the record keeps what "auto" became on these devices
+        record["numerics"] = s.numerics
     if distributed.is_writer():
         runs.write_record(workdir_path, record, changed=bool(changed))
     trainer = config.trainer

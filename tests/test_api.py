@@ -170,6 +170,10 @@ def test_zero_shot_run_without_virtual_tokens_or_steps(toy_data, tmp_path):
     assert "VIRTUAL" not in config.model.task_templates[0].prompt_template
     run = ptlearn.train(config, tmp_path)
     assert run.final_step == 0 and run.trainable_parameters == 0
+    # What the shipped config's "auto" numerics became on this machine is on the record.
+    record = json.loads((tmp_path / "run_record.json").read_text())
+    assert record["config"]["trainer"]["precision"] == "auto"
+    assert record["numerics"]["trainer.precision"] in ("bf16", "32")
     assert run.test["test_sentiment/n"] == 12 and 0 <= run.test["test_sentiment/accuracy"] <= 1
     lm = ptlearn.load(run.prompt_model)
     assert lm.tables.shape[1] == 0
