@@ -140,6 +140,8 @@ def test_a_group_after_a_field_mixed_with_a_front_task_trains_and_predicts(tiny,
     config.model.data.train_ds = (str(data["train"]), str(mid["train"]))
     config.model.data.validation_ds = (str(data["val"]), str(mid["val"]))
     config.model.data.test_ds = (str(data["test"]), str(mid["test"]))
+    batches = training.Batches(training.setup(config))
+    assert any(len(set(batches.get(0, i)["task_id"].ravel().tolist())) == 2 for i in range(6))
     run = ptlearn.train(config, tmp_path / "run")
     losses = [r["loss"] for r in run.history if "loss" in r]
     assert np.mean(losses[-3:]) < np.mean(losses[:3])

@@ -137,6 +137,10 @@ def _cli(*args):
 def test_cli_user_errors_are_one_line_without_traceback(tmp_path):
     for args, words in (
         (["financial_phrasebank", f"--raw_dir={tmp_path}"], "Sentences_AllAgree.txt"),
+        # Without the data, the line says where it comes from.
+        (["financial_phrasebank", f"--raw_dir={tmp_path}"], "Malo et al. 2014"),
+        (["squad", f"--raw_dir={tmp_path / 'none'}"], "no such folder; this converter reads SQuAD"),
+        (["assistant", f"--raw_dir={tmp_path}"], "github.com/xliuhw/NLU-Evaluation-Data"),
         (["financial_phrasebank", "--agreement=90"], "--agreement"),
         (["squad", "--agreement=50"], "--agreement"),
         (["imdb"], "imdb"),

@@ -34,6 +34,21 @@ CONVERTERS = {
     "squad": "squad",
     "assistant": "assistant",
 }
+# Where each raw data set comes from, for a machine without ../shared/data (by folder name).
+SOURCES = {
+    "financial_phrasebank": (
+        "Financial PhraseBank v1.0 (Malo et al. 2014, 'Good debt or bad debt'): the file "
+        "Sentences_AllAgree.txt of FinancialPhraseBank-v1.0.zip (CC BY-NC-SA 3.0)"
+    ),
+    "squad": (
+        "SQuAD v1.1 (Rajpurkar et al. 2016): the file dev-v1.1.json from "
+        "https://rajpurkar.github.io/SQuAD-explorer/"
+    ),
+    "nlu_evaluation_data": (
+        "the NLU Evaluation Data (Liu et al. 2019, github.com/xliuhw/NLU-Evaluation-Data): its "
+        "cross-validation folder KFold_1 (trainset/*.csv and testset/csv/*.csv)"
+    ),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,11 +141,15 @@ def locate_raw_dir(raw_dir: str | pathlib.Path, folder: str, marker: str) -> pat
     for candidate in (raw_dir, raw_dir / folder):
         if (candidate / marker).exists():
             return candidate
+    source = SOURCES.get(folder, f"the {folder} data set")
     if not raw_dir.is_dir():
-        raise DataError(f"--raw_dir {raw_dir}: no such folder")
+        raise DataError(
+            f"--raw_dir {raw_dir}: no such folder; this converter reads {source}: download it "
+            "and give its folder as --raw_dir"
+        )
     raise DataError(
         f"--raw_dir {raw_dir}: found neither {raw_dir / marker} nor {raw_dir / folder / marker}; "
-        f"point --raw_dir at the {folder} data set folder"
+        f"this converter reads {source}: download it and give its folder as --raw_dir"
     )
 
 
