@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ptlearn.runs import Run
 
 __version__ = "0.1.0"
-__all__ = ["PromptedLM", "Run", "load", "load_config", "train"]
+__all__ = ["PromptedLM", "Run", "in_memory", "load", "load_config", "train"]
 
 
 def train(
@@ -43,6 +43,14 @@ def train(
     return training.train_and_evaluate(
         config, str(workdir), allow_config_change=allow_config_change
     )
+
+
+def in_memory(records: list[dict], name: str | None = None) -> str:
+    """Registers a list of records (dicts) as a data set of this process -> its spec
+    ("mem:NAME"), for `model.data.train_ds` etc.: `**{"model.data.train_ds": (spec,)}`."""
+    from ptlearn.data import sources
+
+    return sources.in_memory(records, name)
 
 
 def load(prompt_model: str, model: str | None = None) -> PromptedLM:

@@ -27,6 +27,8 @@ VALIDATION_ANSWERS = ("auto", "generate", "rank")
 # trainer.precision, model.frozen_weights_dtype and model.activations_checkpoint_granularity
 # may say this: the fastest setting for the run's devices (ptlearn/numerics.py).
 AUTO = "auto"
+# NeMo's "required, give it on the command line" value (a yaml's `???`).
+REQUIRED = "???"
 # trainer.precision -> (activation dtype, matmul input dtype). "-mixed" (and NeMo's bare "bf16")
 # is autocast-like: float32 activations, low-precision matmuls; "-true" runs activations low too.
 PRECISIONS = {
@@ -178,6 +180,9 @@ def base_config() -> ml_collections.ConfigDict:
         max_time_minutes=0.0,  # 0: no wall-clock limit; else stop (and save) after this long
         log_every_n_steps=10,
         val_check_interval=100,  # steps between validations (and checkpoints)
+        # > 0: validate every this fraction of an epoch instead (NeMo's float
+        # val_check_interval, e.g. 1.0 = once an epoch), in whole steps.
+        val_check_epochs=0.0,
         limit_val_batches=0,  # 0: the whole validation set each time
         gradient_clip_val=1.0,
         resume_from_checkpoint="",
@@ -312,8 +317,43 @@ def dtypes_of_precision(precision: Any) -> tuple[str, str]:
     return PRECISIONS[key]
 
 
+def required_keys(config: ml_collections.ConfigDict) -> list[str]:
+    """Dotted keys whose value is still REQUIRED (`???`), alone or inside a tuple."""
+
+    def walk(node: Any, prefix: str) -> list[str]:
+        found = []
+        for key, value in node.items():
+            if isinstance(value, ml_collections.ConfigDict):
+                found += walk(value, f"{prefix}{key}.")
+            elif value == REQUIRED or (isinstance(value, tuple) and REQUIRED in value):
+                found.append(f"{prefix}{key}")
+        return found
+
+    return walk(config, "")
+
+
+def from_nemo_yaml(path: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """A NeMo prompt-learning yaml as a ptlearn config (ptlearn/nemo_yaml.py says how each key
+    maps); each key it ignores is a warning line with the reason (the yaml asks for something
+    ptlearn will not do)."""
+    import logging
+
+    from ptlearn import nemo_yaml
+
+    read = nemo_yaml.read(path)
+    for key, why in read.ignored.items():
+        logging.getLogger(__name__).warning("%s: %s ignored: %s", path, key, why)
+    return read.config
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks values that no type check catches; raises ConfigError naming the key."""
+    missing = required_keys(config)
+    if missing:
+        raise ConfigError(
+            f"{', '.join(missing)}: required (??? in the yaml); give "
+            + " ".join(f"--config.{k}=..." for k in missing)
+        )
     m = config.model
     if m.virtual_prompt_style not in VIRTUAL_PROMPT_STYLES:
         raise ConfigError(
@@ -348,6 +388,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     if config.trainer.max_steps < 0 and config.trainer.max_epochs <= 0:
         raise ConfigError("set trainer.max_steps (>= 0) or trainer.max_epochs (> 0)")
+    if config.trainer.val_check_epochs < 0:
+        raise ConfigError("trainer.val_check_epochs must be >= 0 (0: use val_check_interval)")
     if config.trainer.val_check_interval < 1 or config.trainer.log_every_n_steps < 1:
         raise ConfigError("trainer.val_check_interval and trainer.log_every_n_steps must be >= 1")
     monitor = config.exp_manager.checkpoint_callback_params

@@ -23,7 +23,7 @@ import numpy as np
 
 from ptlearn import distributed, metrics, prefix_caches, prompted, sharding, templates
 from ptlearn.config_lib import inference_config
-from ptlearn.data import batching, jsonl
+from ptlearn.data import batching, sources
 from ptlearn.errors import CheckpointError, PtlearnError
 from ptlearn.files import write_text_atomic
 from ptlearn.generate import Sampling, decode, gather_rows, generate
@@ -432,9 +432,10 @@ def main(argv: Sequence[str]) -> None:
     )
     rules = sharding.rules_from_config(c.mesh.rules)
     lm, _ = load_prompted_lm(f.prompt_model, f.model, mesh=mesh, rules=rules)
-    records = list(jsonl.iter_numbered_jsonl(f.data))
+    fields = {t: dict(tpl.fields) for t, tpl in lm.templates.items() if tpl.fields}
+    records = list(sources.read(f.data, tasks=lm.task_names, fields=fields))
     if not records:
-        raise PtlearnError(f"--data={f.data}: the file holds no examples")
+        raise PtlearnError(f"--data={f.data}: the data set holds no examples")
     # The options the model was trained with, then only what the command line changes: the
     # CLI, ptlearn.load(...).predict and the run's test_metrics.json give the same answers.
     given = config_flags.get_override_values(f["config"])
@@ -463,7 +464,9 @@ def _define_flags():
     from ptlearn.config_lib import inference_config
 
     flags.DEFINE_string("prompt_model", None, "folder written by ptlearn.train (W/prompt_model)")
-    flags.DEFINE_string("data", None, "jsonl file to predict (any mix of the model's tasks)")
+    flags.DEFINE_string(
+        "data", None, "data set to predict: jsonl, CSV, tfds:NAME:SPLIT (any mix of the tasks)"
+    )
     flags.DEFINE_string("pred_file", None, "where to write one prediction per input line")
     flags.DEFINE_string(
         "model", None, "base model ('default' or a path); default: the one trained on"

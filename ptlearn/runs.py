@@ -142,11 +142,19 @@ def data_files(config: ml_collections.ConfigDict) -> list[str]:
     return list(dict.fromkeys(str(n) for n in names))
 
 
-def data_checksums(files: Sequence[str]) -> dict[str, str]:
-    """{file: SHA-256} of the files that exist (a missing one is reported when it is read)."""
-    from ptlearn.checkpoints import file_checksum
+def data_checksums(files: Sequence[str], tasks: Sequence[str] = ()) -> dict[str, str]:
+    """{data set: its fingerprint} (a file's SHA-256, in-memory records' digest, a TFDS name;
+    data/sources.py) of those that exist: a missing one is reported when it is read.
+    tasks: the names a `TASK=` prefix may take."""
+    from ptlearn.data import sources
 
-    return {f: file_checksum(f) for f in files if pathlib.Path(f).is_file()}
+    found = {f: sources.fingerprint(f, tasks) for f in files}
+    return {f: v for f, v in found.items() if v is not None}
+
+
+def _task_names(config: ml_collections.ConfigDict) -> list[str]:
+    m = config.model
+    return [*config_lib.as_tuple(m.existing_tasks), *config_lib.as_tuple(m.new_tasks)]
 
 
 def run_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -155,7 +163,7 @@ def run_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "config": config_dict(config),
         "versions": versions(),
         "git": git_state(),
-        "data": data_checksums(data_files(config)),
+        "data": data_checksums(data_files(config), _task_names(config)),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

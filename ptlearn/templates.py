@@ -51,7 +51,7 @@ _REQUIRED_KEYS = (
     "answer_field",
 )
 # NeMo's defaults for the optional keys.
-_OPTIONAL_KEYS = {"truncate_field": None, "answer_only_loss": False}
+_OPTIONAL_KEYS = {"truncate_field": None, "answer_only_loss": False, "fields": ()}
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +106,8 @@ class TaskTemplate:
     answer_field: str
     truncate_field: str | None = None
     answer_only_loss: bool = False
+    # (template field, source column) pairs: the columns a CSV / TFDS data set names otherwise.
+    fields: tuple[tuple[str, str], ...] = ()
     segments: tuple[Segment, ...] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -114,9 +116,17 @@ class TaskTemplate:
         object.__setattr__(self, "virtual_token_splits", tuple(map(int, self.virtual_token_splits)))
         object.__setattr__(self, "total_virtual_tokens", int(self.total_virtual_tokens))
         object.__setattr__(self, "answer_only_loss", bool(self.answer_only_loss))
+        object.__setattr__(self, "fields", _field_pairs(self.taskname, self.fields))
         segments = _parse_segments(self.taskname, self.prompt_template)
         _validate(self, segments)
         object.__setattr__(self, "segments", segments)
+        unknown = sorted({f for f, _ in self.fields} - set(self.field_names))
+        if unknown:
+            raise _fail(
+                self.taskname,
+                f"fields maps {unknown}, which the template does not read (it reads "
+                f"{list(self.field_names)})",
+            )
 
     @property
     def field_names(self) -> tuple[str, ...]:
@@ -134,7 +144,21 @@ class TaskTemplate:
             "truncate_field": self.truncate_field,
             "answer_only_loss": self.answer_only_loss,
             "answer_field": self.answer_field,
+            "fields": dict(self.fields),
         }
+
+
+def _field_pairs(taskname: str, fields: Any) -> tuple[tuple[str, str], ...]:
+    """`fields` ({template field: source column}, or its pairs) as sorted pairs of strings."""
+    if hasattr(fields, "to_dict"):  # a ConfigDict
+        fields = fields.to_dict()
+    pairs = list(fields.items()) if isinstance(fields, Mapping) else list(fields or ())
+    if not all(
+        isinstance(p, tuple | list) and len(p) == 2 and all(isinstance(x, str) and x for x in p)
+        for p in pairs
+    ):
+        raise _fail(taskname, f"fields must map template fields to column names, got {fields!r}")
+    return tuple(sorted((str(a), str(b)) for a, b in pairs))
 
 
 def _fail(taskname: str, problem: str) -> TemplateError:

@@ -18,7 +18,7 @@ import numpy as np
 from ptlearn import config_lib, deep_prompts, numerics, prompts, sharding, templates
 from ptlearn.checkpoints import file_checksum, load_model, resolve_model
 from ptlearn.checkpoints.prompt_model import PromptModel, load_prompt_model
-from ptlearn.data import jsonl
+from ptlearn.data import sources
 from ptlearn.errors import ConfigError, DataError
 from ptlearn.gpt import GPT
 
@@ -57,10 +57,18 @@ class Setup:
 # Set-up: base model, templates, data
 
 
-def _read_records(files: Sequence[str], key: str) -> list[tuple[str, int, dict]]:
+def _read_records(
+    files: Sequence[str],
+    key: str,
+    tasks: Sequence[str],
+    served: Mapping[str, templates.TaskTemplate],
+) -> list[tuple[str, int, dict]]:
+    """(source, row, record) of every data set named under `key` (data/sources.py: jsonl,
+    CSV, TFDS, in-memory); records without a taskname take the one of `tasks` if it is alone."""
+    fields = {t: dict(template.fields) for t, template in served.items() if template.fields}
     records = []
     for name in files:
-        for line_no, record in jsonl.iter_numbered_jsonl(name):
+        for line_no, record in sources.read(name, tasks=tasks, fields=fields):
             records.append((name, line_no, record))
     if files and not records:
         raise DataError(f"{key}: {', '.join(files)} hold no examples")
@@ -231,15 +239,19 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     existing = list(config_lib.as_tuple(m.existing_tasks))
     restored = _restore(m, existing)
     served = _served_templates(m, new_tasks, existing, restored)
-    train_records = _read_records(config_lib.as_tuple(m.data.train_ds), "model.data.train_ds")
+    train_records = _read_records(
+        config_lib.as_tuple(m.data.train_ds), "model.data.train_ds", new_tasks, served
+    )
     if not train_records:
         raise ConfigError("model.data.train_ds: give at least one training jsonl file")
     _check_tasks(train_records, new_tasks, "only model.new_tasks train")
     val_records = _read_records(
-        config_lib.as_tuple(m.data.validation_ds), "model.data.validation_ds"
+        config_lib.as_tuple(m.data.validation_ds), "model.data.validation_ds", list(served), served
     )
     _check_tasks(val_records, list(served), "the tasks this run serves")
-    test_records = _read_records(config_lib.as_tuple(m.data.test_ds), "model.data.test_ds")
+    test_records = _read_records(
+        config_lib.as_tuple(m.data.test_ds), "model.data.test_ds", list(served), served
+    )
     _check_tasks(test_records, list(served), "the tasks this run serves")
     # Loaded straight into the storage dtype: no float32 copy of the model stays around.
     loaded = load_model(m.language_model_path, dtype=frozen_weights_dtype(m))

@@ -240,6 +240,15 @@ def _steps_per_epoch(s: Setup) -> int:
     return count
 
 
+def validation_interval(s: Setup) -> int:
+    """Steps between validations: trainer.val_check_interval, or trainer.val_check_epochs of
+    an epoch when that is set (at least one step)."""
+    trainer = s.config.trainer
+    if trainer.val_check_epochs > 0:
+        return max(1, round(trainer.val_check_epochs * _steps_per_epoch(s)))
+    return int(trainer.val_check_interval)
+
+
 def total_steps(s: Setup) -> int:
     """trainer.max_steps (0: none, only the initial prompt is scored), or max_epochs worth of
     whole global batches."""
@@ -365,6 +374,7 @@ def _train_loop(s, state, frozen, tx, schedule, checkpoints, log, steps):
     trainer = s.config.trainer
     train_step = make_train_step(s, tx)
     eval_step = make_eval_step(s)
+    interval = validation_interval(s)
     step = int(state["step"])
     if step >= steps:  # finished, or max_steps=0: no batch is ever needed
         return state, step, None
@@ -389,7 +399,7 @@ def _train_loop(s, state, frozen, tx, schedule, checkpoints, log, steps):
             log.write(step, values)
             log.progress(step, values)
             pending, window_start = [], time.time()
-        if step % trainer.val_check_interval == 0 or step == steps or timed_out:
+        if step % interval == 0 or step == steps or timed_out:
             _validate_and_save(s, state, frozen, eval_step, checkpoints, log, step)
             window_start = time.time()  # validation time is not training throughput
         if timed_out:

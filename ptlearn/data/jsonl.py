@@ -21,13 +21,14 @@ def iter_jsonl(path: PathLike, *, required_keys: Sequence[str] = ()) -> Iterator
 
 
 def iter_numbered_jsonl(
-    path: PathLike, *, required_keys: Sequence[str] = ()
+    path: PathLike, *, required_keys: Sequence[str] = (), default_task: str | None = None
 ) -> Iterator[tuple[int, dict]]:
     """Yields the records of a jsonl file one at a time, checking each as it is read.
 
     Args:
       path: a utf-8 file with one JSON object a line; blank lines are skipped.
       required_keys: keys every record must have besides ``taskname``.
+      default_task: the task of records without a ``taskname`` (None: they are an error).
 
     Yields:
       (line_number, record): one per non-blank line, in file order; line numbers are 1-based.
@@ -46,7 +47,7 @@ def iter_numbered_jsonl(
     with handle:
         # Split on b"\n" only: str.splitlines would also break on U+2028 inside JSON strings.
         for line_number, raw_line in enumerate(handle, start=1):
-            record = _parse_line(path, line_number, raw_line, required_keys)
+            record = _parse_line(path, line_number, raw_line, required_keys, default_task)
             if record is not None:
                 yield line_number, record
 
@@ -61,7 +62,11 @@ def read_jsonl(path: PathLike, *, required_keys: Sequence[str] = ()) -> list[dic
 
 
 def _parse_line(
-    path: pathlib.Path, line_number: int, raw_line: bytes, required_keys: Sequence[str]
+    path: pathlib.Path,
+    line_number: int,
+    raw_line: bytes,
+    required_keys: Sequence[str],
+    default_task: str | None = None,
 ) -> dict | None:
     """Parses one raw line into a checked record, or None for a blank line."""
     where = f"{path}:{line_number}"
@@ -88,8 +93,18 @@ def _parse_line(
             f"{where}: expected a JSON object, got {type(record).__name__}; "
             'each line must look like {"taskname": ..., <fields>}'
         )
+    return checked_record(where, record, required_keys, default_task)
+
+
+def checked_record(
+    where: str, record: dict, required_keys: Sequence[str] = (), default_task: str | None = None
+) -> dict:
+    """A record (of any source) with a valid `taskname` and the required keys; a record without
+    a taskname takes `default_task` when one is given. `where` (file:line) names it in errors."""
     if "taskname" not in record:
-        raise DataError(f"{where}: missing 'taskname'; every record must name its task")
+        if default_task is None:
+            raise DataError(f"{where}: missing 'taskname'; every record must name its task")
+        record = {"taskname": default_task, **record}
     taskname = record["taskname"]
     if not isinstance(taskname, str) or not taskname:
         raise DataError(f"{where}: 'taskname' must be a non-empty string, got {taskname!r}")
