@@ -50,7 +50,8 @@ def _keys_values(config: GPTConfig, lm_params: Any, embeddings: jax.Array) -> ja
         # The cache holds keys rotated by their slot; rotating back by the same angle gives
         # the pre-rotary keys the override stores.
         back = -jnp.arange(length, dtype=jnp.int32)[None]
-        keys = jax.vmap(lambda k: apply_rope(k[None], back, config.rope_base)[0])(keys)
+        bases = jnp.asarray(config.layer_rope_bases, jnp.float32)
+        keys = jax.vmap(lambda k, base: apply_rope(k[None], back, base)[0])(keys, bases)
     return jnp.stack([keys, values], axis=1).transpose(2, 0, 1, 3, 4)  # [P, L, 2, K, D]
 
 

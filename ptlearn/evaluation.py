@@ -16,7 +16,7 @@ from ptlearn import distributed, predict, prompted, prompts
 from ptlearn.checkpoints import file_checksum, resolve_model
 from ptlearn.checkpoints.prompt_model import PromptModel, save_prompt_model
 from ptlearn.data import batching
-from ptlearn.train_setup import Setup
+from ptlearn.train_setup import Setup, adds_bos
 
 
 def pad_id(s: Setup) -> int:
@@ -91,7 +91,7 @@ def validate_tasks(
         templates=s.templates,
         tokenizer=s.loaded.tokenizer,
         max_seq_length=s.config.model.max_seq_length,
-        add_bos=s.config.model.data.add_bos,
+        add_bos=adds_bos(s.config.model.data, s.loaded.tokenizer),
         add_eos=s.config.model.data.add_eos,
     )
     predictions = answers(lm, records, s.config.inference, s.label_sets, method)
@@ -159,7 +159,7 @@ def write_prompt_model(
             },
             encoding={
                 "add_eos": bool(s.config.model.data.add_eos),
-                "add_bos": bool(s.config.model.data.add_bos),
+                "add_bos": adds_bos(s.config.model.data, tok),
                 "max_seq_length": int(s.config.model.max_seq_length),
             },
             label_sets=s.label_sets,

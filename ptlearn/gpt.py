@@ -50,10 +50,20 @@ class GPTConfig:
     position_embedding: str = "rope"  # "rope" | "learned"
     norm: str = "rmsnorm"  # "rmsnorm" | "layernorm"
     norm_eps: float = 1e-5
-    activation: str = "swiglu"  # "swiglu" | "gelu" | "gelu_tanh"
+    activation: str = "swiglu"  # "swiglu" | "geglu" | "gelu" | "gelu_tanh"
     use_bias: bool = False
     tie_embeddings: bool = True
     rope_base: float = 10000.0
+    # Gemma 3: per-head RMS norms of queries and keys, norms after attention and MLP too
+    # (four per block), input embeddings times embed_scale (sqrt(hidden)), and sliding-window
+    # layers (keys within `sliding_window` slots, RoPE base `local_rope_base`) with every
+    # `global_every`-th layer global (0: all global).
+    qk_norm: bool = False
+    post_norms: bool = False
+    embed_scale: float = 1.0
+    sliding_window: int = 0
+    global_every: int = 0
+    local_rope_base: float = 10000.0
     param_dtype: str = "float32"
     dtype: str = "float32"  # activations (residual stream, norms, attention)
     matmul_dtype: str = ""  # inputs of the weight matmuls, float32 accumulation; "": `dtype`
@@ -74,7 +84,7 @@ class GPTConfig:
         checks = {
             "position_embedding": (self.position_embedding, ("rope", "learned")),
             "norm": (self.norm, ("rmsnorm", "layernorm")),
-            "activation": (self.activation, ("swiglu", "gelu", "gelu_tanh")),
+            "activation": (self.activation, ("swiglu", "geglu", "gelu", "gelu_tanh")),
             "remat_policy": (self.remat_policy, tuple(REMAT_POLICIES)),
             "dtype": (self.dtype, ("float32", "bfloat16", "float16")),
             "param_dtype": (self.param_dtype, ("float32", "bfloat16", "float16")),
@@ -91,6 +101,19 @@ class GPTConfig:
                 f"num_kv_heads={self.num_kv_heads}"
             )
 
+    @property
+    def local_layers(self) -> np.ndarray:
+        """[L] bool: which layers attend within the sliding window."""
+        layer = np.arange(self.num_layers)
+        if not self.sliding_window or not self.global_every:
+            return np.zeros(self.num_layers, bool)
+        return (layer + 1) % self.global_every != 0
+
+    @property
+    def layer_rope_bases(self) -> np.ndarray:
+        """[L] float: each layer's RoPE base (sliding-window layers have their own)."""
+        return np.where(self.local_layers, self.local_rope_base, self.rope_base)
+
     def replace(self, **changes: Any) -> GPTConfig:
         """A copy with some fields changed (e.g. dtype, remat_policy)."""
         return dataclasses.replace(self, **changes)
@@ -100,7 +123,7 @@ class GPTConfig:
         """Weights of the matmuls and embeddings (norm scales and biases left out)."""
         e, f, layer_count = self.hidden_size, self.ffn_hidden_size, self.num_layers
         attn = e * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
-        mlp = e * f * (3 if self.activation == "swiglu" else 2)
+        mlp = e * f * (3 if self.activation in ("swiglu", "geglu") else 2)
         total = layer_count * (attn + mlp) + self.vocab_size * e
         if not self.tie_embeddings:
             total += self.vocab_size * e
@@ -135,10 +158,36 @@ _MEGATRON = dict(
     norm_eps=1e-5,
 )
 
+# Gemma 3's block: GeGLU, q / k norms, four norms, scaled embeddings, local and global layers.
+_GEMMA3 = dict(
+    position_embedding="rope",
+    norm="rmsnorm",
+    activation="geglu",
+    use_bias=False,
+    qk_norm=True,
+    post_norms=True,
+    global_every=6,
+    local_rope_base=10000.0,
+)
+
 VARIANTS: dict[str, GPTConfig] = {
     # Tiny models for unit tests.
     "test": GPTConfig(256, 64, 2, 4, 2, 16, 128, 128, **_LLAMA),
     "test-gpt2": GPTConfig(256, 64, 2, 4, 4, 16, 256, 128, **_MEGATRON),
+    "test-gemma": GPTConfig(
+        256,
+        64,
+        3,
+        4,
+        1,
+        16,
+        128,
+        128,
+        **{**_GEMMA3, "global_every": 3},
+        embed_scale=8.0,
+        sliding_window=4,
+        rope_base=1e6,
+    ),
     # The embedded default (SmolLM2-135M-Instruct); the GGUF file's metadata says the same.
     "smollm2-135m": GPTConfig(49152, 576, 30, 9, 3, 64, 1536, 8192, rope_base=100000.0, **_LLAMA),
     # A ~1B Llama-shaped model on the default tokenizer, for throughput checks.
@@ -166,12 +215,18 @@ class Block(nn.Module):
         cache_index: jax.Array | None,
         kv_override: KVOverride | None = None,
         kv_index: jax.Array | None = None,
+        local_mask: jax.Array | None = None,
+        is_local: jax.Array | None = None,
     ) -> tuple[jax.Array, Cache | None]:
         """x: [B, T, E] -> ([B, T, E], this layer's updated cache {"k", "v"}: [B, S, K, D]).
 
         kv_override: this layer's {"k", "v"}: [B, R, K, D]; kv_index: [B, T] (see KVOverride).
+        local_mask: [B, T, S], `mask` within the sliding window, used when `is_local` (a bool
+        scalar: this layer is a sliding-window one).
         """
         c = self.config
+        if is_local is not None:
+            mask = jnp.where(is_local, local_mask, mask)
         rope_base = c.rope_base if c.position_embedding == "rope" else None
         attn_norm = layers.make_norm(c.norm, c.norm_eps, c.dtype, c.param_dtype, "attn_norm")
         attn = layers.Attention(
@@ -184,8 +239,17 @@ class Block(nn.Module):
             param_dtype=c.param_dtype,
             matmul_dtype=c.matmul_dtype or None,
             kernels_out_first=c.kernels_out_first,
+            qk_norm=c.qk_norm,
+            norm_eps=c.norm_eps,
+            local_rope_base=c.local_rope_base if c.sliding_window else None,
             name="attn",
         )
+        post_norms = [
+            layers.make_norm(c.norm, c.norm_eps, c.dtype, c.param_dtype, name)
+            if c.post_norms
+            else (lambda h: h)
+            for name in ("post_attn_norm", "post_mlp_norm")
+        ]
         mlp_norm = layers.make_norm(c.norm, c.norm_eps, c.dtype, c.param_dtype, "mlp_norm")
         mlp = layers.MLP(
             c.ffn_hidden_size,
@@ -200,10 +264,10 @@ class Block(nn.Module):
 
         def run(x, positions, mask, cache, kv_override, kv_index):
             h, cache = attn(
-                attn_norm(x), positions, mask, cache, cache_index, kv_override, kv_index
+                attn_norm(x), positions, mask, cache, cache_index, kv_override, kv_index, is_local
             )
-            x = x + h
-            return x + mlp(mlp_norm(x)), cache
+            x = x + post_norms[0](h)
+            return x + post_norms[1](mlp(mlp_norm(x))), cache
 
         chains = c.batch_chains
         if chains > 1 and cache is None and x.shape[0] % chains == 0:
@@ -311,7 +375,7 @@ class GPT(nn.Module):
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, 0, nn.broadcast),
+            in_axes=(nn.broadcast,) * 2 + (0, nn.broadcast, 0, nn.broadcast, nn.broadcast, 0),
             length=c.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
@@ -360,6 +424,8 @@ class GPT(nn.Module):
         if (ids is None) == (embeddings is None):
             raise ValueError("GPT: pass exactly one of ids or embeddings")
         x = self.embed(ids) if embeddings is None else embeddings.astype(c.dtype)
+        if c.embed_scale != 1.0:  # Gemma: in the compute dtype, as transformers does
+            x = x * jnp.asarray(c.embed_scale, c.dtype)
         batch, length = x.shape[:2]
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
@@ -372,13 +438,19 @@ class GPT(nn.Module):
         query_slots = start + jnp.arange(length)
         causal = jnp.arange(num_keys)[None, :] <= query_slots[:, None]  # [T, S]
         mask = causal[None] & attention_mask[:, None, :].astype(bool)  # [B, T, S]
+        local_mask = is_local = None
+        if c.local_layers.any():
+            near = query_slots[:, None] - jnp.arange(num_keys)[None, :] < c.sliding_window
+            local_mask, is_local = mask & near[None], jnp.asarray(c.local_layers)
         x = nn.with_logical_constraint(
             x, ("activation_batch", "activation_length", "activation_embed")
         )
         if (kv_override is None) != (kv_index is None):
             raise ValueError("GPT: kv_override and kv_index come together")
         if c.scan_layers:
-            x, cache = self.layers(x, positions, mask, cache, start, kv_override, kv_index)
+            x, cache = self.layers(
+                x, positions, mask, cache, start, kv_override, kv_index, local_mask, is_local
+            )
         else:
             updated = []
             for i, block in enumerate(self.blocks):
@@ -390,6 +462,8 @@ class GPT(nn.Module):
                     start,
                     None if kv_override is None else jax.tree.map(lambda a, i=i: a[i], kv_override),
                     kv_index,
+                    local_mask,
+                    None if is_local is None else is_local[i],
                 )
                 updated.append(layer_cache)
             cache = None if cache is None else updated

@@ -280,11 +280,13 @@ class Embed(nn.Module):
         return matmul(x, self.embedding, 1, dtype, self.dtype, transpose_kernel=True)
 
 
-def _feature_vector(module: nn.Module, name: str, init: Any, features: int) -> jax.Array:
-    """A norm's [features] parameter (logical axis `embed`), read as floats."""
+def _feature_vector(
+    module: nn.Module, name: str, init: Any, features: int, axis: str = "embed"
+) -> jax.Array:
+    """A norm's [features] parameter (logical axis `axis`), read as floats."""
     value = module.param(
         name,
-        nn.with_logical_partitioning(init, ("embed",)),
+        nn.with_logical_partitioning(init, (axis,)),
         (features,),
         module.param_dtype,
     )
@@ -297,10 +299,11 @@ class RMSNorm(nn.Module):
     eps: float = 1e-6
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    axis: str = "embed"  # the scale's logical axis ("head_dim" for per-head q / k norms)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = _feature_vector(self, "scale", nn.initializers.ones, x.shape[-1])
+        scale = _feature_vector(self, "scale", nn.initializers.ones, x.shape[-1], self.axis)
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return (normed.astype(self.dtype) * scale.astype(self.dtype)).astype(self.dtype)
@@ -400,6 +403,9 @@ class Attention(nn.Module):
     param_dtype: Dtype = jnp.float32
     matmul_dtype: Dtype | None = None  # of the projections; None: `dtype`
     kernels_out_first: bool = False  # DenseGeneral.out_first
+    qk_norm: bool = False  # RMS-normalise each head's query and key (Gemma 3)
+    norm_eps: float = 1e-6
+    local_rope_base: float | None = None  # the RoPE base of sliding-window layers
 
     @nn.compact
     def __call__(
@@ -411,6 +417,7 @@ class Attention(nn.Module):
         cache_index: jax.Array | None,
         kv_override: dict[str, jax.Array] | None = None,
         kv_index: jax.Array | None = None,
+        is_local: jax.Array | None = None,
     ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
         """x: [B, T, E]; positions: [B, T]; mask: [B, T, S] bool; cache k/v: [B, S, K, D].
 
@@ -418,6 +425,7 @@ class Attention(nn.Module):
         queries attend over all S cache slots (the mask says which are valid).
         kv_override {"k", "v"}: [B, R, K, D] with kv_index [B, T] int: where the index r >= 0
         the key (before rotary) and value are row r's rather than projected from x.
+        is_local: this layer is a sliding-window one (its RoPE base is `local_rope_base`).
         Returns ([B, T, E], the updated cache or None).
         """
         features = x.shape[-1]
@@ -437,14 +445,23 @@ class Attention(nn.Module):
         q = projection(self.num_heads, ("embed", "heads", "head_dim"), "query")(x)
         k = projection(self.num_kv_heads, ("embed", "kv_heads", "head_dim"), "key")(x)
         v = projection(self.num_kv_heads, ("embed", "kv_heads", "head_dim"), "value")(x)
+        if self.qk_norm:
+            norm = functools.partial(
+                RMSNorm, eps=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype
+            )
+            q = norm(axis="head_dim", name="query_norm")(q)
+            k = norm(axis="head_dim", name="key_norm")(k)
         if kv_override is not None:
             k, v = (
                 override_rows(computed, kv_override[name], kv_index)
                 for computed, name in ((k, "k"), (v, "v"))
             )
         if self.rope_base is not None:
-            q = apply_rope(q, positions, self.rope_base)
-            k = apply_rope(k, positions, self.rope_base)
+            base = self.rope_base
+            if is_local is not None and self.local_rope_base is not None:
+                base = jnp.where(is_local, self.local_rope_base, self.rope_base)
+            q = apply_rope(q, positions, base)
+            k = apply_rope(k, positions, base)
         new_cache = None
         if cache is not None:
             start = (0, cache_index, 0, 0)
@@ -470,7 +487,7 @@ class MLP(nn.Module):
     """SwiGLU (gate, up, down) or GELU (up, down) feed-forward block."""
 
     hidden: int
-    activation: str  # "swiglu" | "gelu" | "gelu_tanh"
+    activation: str  # "swiglu" | "geglu" (Gemma: tanh-GELU gate) | "gelu" | "gelu_tanh"
     use_bias: bool
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -497,6 +514,8 @@ class MLP(nn.Module):
         up = dense(self.hidden, ("embed", "mlp"), "up")(x)
         if self.activation == "swiglu":
             h = nn.silu(dense(self.hidden, ("embed", "mlp"), "gate")(x)) * up
+        elif self.activation == "geglu":
+            h = nn.gelu(dense(self.hidden, ("embed", "mlp"), "gate")(x), approximate=True) * up
         elif self.activation == "gelu":
             h = nn.gelu(up, approximate=False)
         elif self.activation == "gelu_tanh":

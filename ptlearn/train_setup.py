@@ -75,6 +75,12 @@ def _read_records(
     return records
 
 
+def adds_bos(data_cfg: Any, tokenizer: Any) -> bool:
+    """BOS starts every example when `model.data.add_bos` says so or the checkpoint's tokenizer
+    asks for it (Gemma: its outputs degrade without one)."""
+    return bool(data_cfg.add_bos or tokenizer.add_bos)
+
+
 def _encode(
     records: list[tuple[str, int, dict]],
     task_templates: Mapping[str, templates.TaskTemplate],
@@ -90,7 +96,7 @@ def _encode(
             tokenizer,
             max_seq_length=max_seq_length,
             add_eos=data_cfg.add_eos,
-            add_bos=data_cfg.add_bos,
+            add_bos=adds_bos(data_cfg, tokenizer),
             source=name,
         )
         logger.info("%s:\n%s", name, stats.summary())

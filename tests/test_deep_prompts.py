@@ -35,7 +35,7 @@ def _deep_config(tiny, projection=False, **changes):
     return config
 
 
-@pytest.mark.parametrize("variant", ["test", "test-gpt2"])
+@pytest.mark.parametrize("variant", ["test", "test-gpt2", "test-gemma"])
 def test_a_deep_prompt_in_front_is_a_key_value_prefix(variant):
     """At the front, the override is exactly prefix tuning: the same logits as the text run
     after a KV cache whose first P slots hold the prompt's keys (rotated) and values."""
@@ -60,7 +60,10 @@ def test_a_deep_prompt_in_front_is_a_key_value_prefix(variant):
     values = np.moveaxis(tables[0, :, :, 1], 1, 0)
     if config.position_embedding == "rope":
         slots = jnp.arange(virtual)[None]
-        keys = np.stack([apply_rope(k[None], slots, config.rope_base)[0] for k in keys])
+        bases = config.layer_rope_bases  # sliding-window layers have their own
+        keys = np.stack(
+            [apply_rope(k[None], slots, b)[0] for k, b in zip(keys, bases, strict=True)]
+        )
     cache = gpt.init_cache(config, batch, virtual + length, jnp.float32)
     cache = {
         name: cache[name].at[:, :, :virtual].set(np.repeat(rows[:, None], batch, axis=1))
@@ -76,10 +79,11 @@ def test_a_deep_prompt_in_front_is_a_key_value_prefix(variant):
     assert not np.allclose(plain[:, virtual:], after_prefix, atol=1e-3)
 
 
-def test_init_tables_are_the_frozen_models_own_keys_and_values():
+@pytest.mark.parametrize("variant", ["test", "test-gemma"])
+def test_init_tables_are_the_frozen_models_own_keys_and_values(variant):
     """Running the model over a table's init rows and putting their keys and values back as a
     deep prompt gives the same hidden states as the rows as input embeddings."""
-    config = gpt.VARIANTS["test"]
+    config = gpt.VARIANTS[variant]
     params = nn.unbox(gpt.init_params(config, jax.random.key(0)))["params"]
     model = gpt.GPT(config)
     rows = np.random.default_rng(0).normal(0, 0.02, (4, config.hidden_size)).astype(np.float32)

@@ -15,7 +15,7 @@ def _model(name, **changes):
     return config, gpt.GPT(config), params
 
 
-@pytest.mark.parametrize("name", ["test", "test-gpt2"])
+@pytest.mark.parametrize("name", ["test", "test-gpt2", "test-gemma"])
 def test_incremental_decoding_matches_full_forward(name):
     config, model, params = _model(name)
     ids = jax.random.randint(jax.random.key(1), (2, 12), 0, config.vocab_size)
@@ -35,7 +35,7 @@ def test_incremental_decoding_matches_full_forward(name):
     np.testing.assert_allclose(jnp.concatenate(pieces, 1), full, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["test", "test-gpt2"])
+@pytest.mark.parametrize("name", ["test", "test-gpt2", "test-gemma"])
 def test_embeddings_input_is_the_injection_point(name):
     config, model, params = _model(name)
     ids = jax.random.randint(jax.random.key(2), (3, 9), 0, config.vocab_size)
@@ -96,7 +96,7 @@ def test_activation_checkpointing_keeps_gradients(policy):
 
 
 def test_every_parameter_has_logical_axes():
-    for name in ["test", "test-gpt2"]:
+    for name in ["test", "test-gpt2", "test-gemma"]:
         boxed = gpt.init_params(gpt.VARIANTS[name], jax.random.key(0))
         leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
         for leaf in leaves:
@@ -142,7 +142,7 @@ def test_packed_bfloat16_blocks_give_the_same_logits_as_unpacked():
     np.testing.assert_allclose(wide.apply({"params": as_f32}, ids)[0], plain, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", ["test", "test-gpt2"])
+@pytest.mark.parametrize("variant", ["test", "test-gpt2", "test-gemma"])
 def test_serving_layout_computes_what_the_training_layout_computes(variant):
     # test-gpt2 with an untied head: every kernel, biases and the head move to [*out, *in].
     # bf16 storage (out-first is for 16-bit weights), float32 compute: the same logits.

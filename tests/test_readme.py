@@ -27,7 +27,7 @@ def test_ci_runs_exactly_the_readme_test_command():
     setup, _, pytest_command = test_command.rpartition(" && ")
     for step in setup.split(" && "):
         if step.startswith(".venv/bin/pip"):
-            assert step.replace(" -e", " -q -e").replace(" --no-deps", " -q --no-deps") in ci
+            assert step.replace("pip install ", "pip install -q ") in ci
     assert f"\n{pytest_command}\n" in ci
 
 
@@ -37,11 +37,27 @@ def test_readme_main_job_is_the_fpb_script():
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("[!_]*.py")), ids=lambda p: p.stem)
-def test_every_config_loads_and_validates(path):
+def test_every_config_loads_and_validates(path, shared_dir):
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config()
+    if path.stem == "nemo":  # a yaml's ??? keys come from the command line
+        yaml = shared_dir / "reference/nemo/megatron_gpt_prompt_learning_intent_n_slot.yaml"
+        config = module.get_config(f"yaml={yaml}")
+        assert config_lib.required_keys(config) == [
+            "model.data.train_ds",
+            "model.data.validation_ds",
+            "model.language_model_path",
+        ]
+        config.update_from_flattened_dict(
+            {
+                "model.language_model_path": "tiny",
+                "model.data.train_ds": ("t.jsonl",),
+                "model.data.validation_ds": ("v.jsonl",),
+            }
+        )
+    else:
+        config = module.get_config()
     config_lib.validate(config)
     parsed = templates.parse_task_templates(config.model.task_templates)
     assert set(config.model.new_tasks) <= set(parsed)

