@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import math
 import pathlib
 import types
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,8 @@ VALIDATION_ANSWERS = ("auto", "generate", "rank")
 # trainer.precision, model.frozen_weights_dtype and model.activations_checkpoint_granularity
 # may say this: the fastest setting for the run's devices (ptlearn/numerics.py).
 AUTO = "auto"
+# Above this Adam's steps (about lr per value) dwarf any prompt value: only divergence follows.
+MAX_LR = 1.0
 # NeMo's "required, give it on the command line" value (a yaml's `???`).
 REQUIRED = "???"
 # trainer.precision -> (activation dtype, matmul input dtype). "-mixed" (and NeMo's bare "bf16")
@@ -409,9 +412,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             "model.existing_tasks needs model.restore_path: the prompt model that holds them"
         )
+    finite = {
+        "model.optim.lr": m.optim.lr,
+        "model.optim.weight_decay": m.optim.weight_decay,
+        "model.optim.eps": m.optim.eps,
+        "model.optim.sched.min_lr": m.optim.sched.min_lr,
+        "trainer.gradient_clip_val": config.trainer.gradient_clip_val,
+        "inference.temperature": config.inference.temperature,
+        "inference.top_p": config.inference.top_p,
+        **{f"model.optim.betas[{i}]": b for i, b in enumerate(as_tuple(m.optim.betas))},
+    }
+    for key, value in finite.items():
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r}: give a finite number")
     for key in ("lr", "weight_decay"):
         if m.optim[key] < 0:
             raise ConfigError(f"model.optim.{key} must be >= 0")
+    if m.optim.lr > MAX_LR:
+        raise ConfigError(
+            f"model.optim.lr={m.optim.lr}: Adam moves every prompt value by about lr a step and "
+            f"prompt values are of order 0.01 to 1, so a run this fast only diverges; use lr "
+            f"<= {MAX_LR} (prompt learning uses 1e-4 to 3e-2)"
+        )
 
 
 # The seed applications' templates (SPEC sections 2-3); configs pick from these.

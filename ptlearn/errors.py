@@ -22,3 +22,8 @@ class TemplateError(PtlearnError):
 
 class ConfigError(PtlearnError):
     """A config key with an invalid value; names the key."""
+
+
+class TrainingError(PtlearnError):
+    """A run that cannot go on (a non-finite loss, gradient or validation loss); names the step,
+    the last good checkpoint and the keys most likely at fault."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptlearn import distributed, metrics, prefix_caches, prompted, sharding, templates
+from ptlearn import deep_prompts, distributed, metrics, prefix_caches, prompted, sharding, templates
 from ptlearn.config_lib import inference_config
 from ptlearn.data import batching, sources
 from ptlearn.errors import CheckpointError, PtlearnError
@@ -318,6 +319,13 @@ def load_prompted_lm(
     loaded = load_model(spec)
     task_names = artifact.tasks
     parsed = templates.parse_task_templates(artifact.templates)
+    fits = {(loaded.config.hidden_size,), deep_prompts.row_shape(loaded.config)}
+    for task, table in artifact.tables.items():
+        if tuple(table.shape[1:]) not in fits:
+            raise CheckpointError(
+                f"{prompt_model_dir}: task {task!r}'s prompt rows are {list(table.shape[1:])}, "
+                f"which {spec} (hidden {loaded.config.hidden_size}) cannot take"
+            )
     # Unrolled layers (a scan copies every weight out of the stack at each decode step; bf16,
     # 8 rows: 71 -> 43 ms per token step) with out-first kernels (bench generate, 64 new
     # tokens: 2.7 -> 2.3 s).
@@ -427,6 +435,10 @@ def main(argv: Sequence[str]) -> None:
 
     f = flags.FLAGS
     c = f.config
+    _check_pred_file(pathlib.Path(f.pred_file))  # before the model loads, not after the work
+    for key in ("batch_size", "tokens_to_generate"):
+        if int(c.inference[key]) < 1:
+            raise PtlearnError(f"--config.inference.{key}={c.inference[key]}: must be >= 1")
     mesh = sharding.make_mesh(
         c.model.tensor_model_parallel_size, c.mesh.fsdp, sharding.select_devices(c.trainer.devices)
     )
@@ -455,6 +467,17 @@ def main(argv: Sequence[str]) -> None:
         summary.update(next(iter(results.values())))
     summary["tasks"] = results
     cli.print_json(summary)
+
+
+def _check_pred_file(path: pathlib.Path) -> None:
+    """--pred_file must be a writable file path (not a folder), in a folder that exists."""
+    if path.is_dir():
+        raise PtlearnError(f"--pred_file={path}: is a folder; give a file path")
+    folder = path.parent if str(path.parent) else pathlib.Path(".")
+    if not folder.is_dir():
+        raise PtlearnError(f"--pred_file={path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise PtlearnError(f"--pred_file={path}: cannot be written here")
 
 
 def _define_flags():

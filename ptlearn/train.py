@@ -7,6 +7,7 @@ Python).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from absl import flags
@@ -19,9 +20,13 @@ def main(argv: Sequence[str]) -> None:
     del argv
     config = flags.FLAGS.config
     distributed.initialize(config.distributed)
-    run = training.train_and_evaluate(
-        config, flags.FLAGS.workdir, allow_config_change=flags.FLAGS.allow_config_change
-    )
+    try:
+        run = training.train_and_evaluate(
+            config, flags.FLAGS.workdir, allow_config_change=flags.FLAGS.allow_config_change
+        )
+    except training.Interrupted as stop:  # preempted: saved, and the rerun resumes
+        print(f"stopped: {stop}", file=sys.stderr)
+        sys.exit(128 + stop.signum)
     if distributed.is_writer():
         cli.print_json(run.summary())
 

@@ -10,11 +10,15 @@ state (by val_loss) is frozen into per-task prompt tables: `W/prompt_model/`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import pathlib
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -38,9 +42,10 @@ from ptlearn import (
     runs,
     sharding,
 )
+from ptlearn.checkpoints.prompt_model import check_replaceable
 from ptlearn.checkpoints.train_state import TrainCheckpoints
 from ptlearn.data import batching
-from ptlearn.errors import ConfigError, DataError
+from ptlearn.errors import ConfigError, DataError, TrainingError
 from ptlearn.evaluation import (
     frozen_tables,
     validate_loss,
@@ -325,6 +330,8 @@ def _train_and_evaluate(config, workdir_path, allow_config_change) -> runs.Run:
     # proved readable (a failed setup leaves no record that would refuse the fixed config).
     record = runs.run_record(config)
     changed = runs.check_record(workdir_path, record, allow_config_change=allow_config_change)
+    if config.model.nemo_path:  # before any work: the end must not delete a user's folder
+        check_replaceable(config.model.nemo_path)
     s = setup(config)
     if s.numerics:  # the record keeps what "auto" became on these devices
         record["numerics"] = s.numerics
@@ -368,9 +375,46 @@ def _train_and_evaluate(config, workdir_path, allow_config_change) -> runs.Run:
         checkpoints.close()
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT arrived (preemption under SLURM / Kubernetes, Ctrl-C): the state at
+    `step` is checkpointed and the run stops; rerunning it resumes from there."""
+
+    def __init__(self, signum: int, step: int):
+        self.signum, self.step = signum, step
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"{name} at step {step}: checkpoint saved; rerun the same command to resume"
+        )
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[list[int]]:
+    """Collects SIGTERM / SIGINT while training instead of dying mid-step (main thread only:
+    Python delivers signals there)."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {
+        signum: signal.signal(signum, lambda number, _: received.append(number))
+        for signum in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def _train_loop(s, state, frozen, tx, schedule, checkpoints, log, steps):
     """Steps from the state's position to `steps` (or the time limit); returns the last state,
-    its step and why it stopped early (None when it ran to `steps`)."""
+    its step and why it stopped early (None when it ran to `steps`). SIGTERM / SIGINT save the
+    state and raise Interrupted."""
+    with _stop_signals() as received:
+        return _steps(s, state, frozen, tx, schedule, checkpoints, log, steps, received)
+
+
+def _steps(s, state, frozen, tx, schedule, checkpoints, log, steps, received):
     trainer = s.config.trainer
     train_step = make_train_step(s, tx)
     eval_step = make_eval_step(s)
@@ -393,15 +437,23 @@ def _train_loop(s, state, frozen, tx, schedule, checkpoints, log, steps):
         state.update(jax.device_put(position, replicated))
         pending.append(stats)
         timed_out = deadline is not None and time.time() > deadline
-        if step % trainer.log_every_n_steps == 0 or step == steps or timed_out:
-            values = _step_log(distributed.to_host(pending), time.time() - window_start)
+        validating = step % interval == 0 or step == steps or timed_out
+        if step % trainer.log_every_n_steps == 0 or validating:
+            fetched = distributed.to_host(pending)
+            _check_finite(s, fetched, step - len(fetched) + 1, checkpoints)
+            values = _step_log(fetched, time.time() - window_start)
             values.update(lr=float(schedule(step - 1)), epoch=epoch)
             log.write(step, values)
             log.progress(step, values)
             pending, window_start = [], time.time()
-        if step % interval == 0 or step == steps or timed_out:
+        if validating:
             _validate_and_save(s, state, frozen, eval_step, checkpoints, log, step)
             window_start = time.time()  # validation time is not training throughput
+        if received:
+            if not validating:  # the state of this step, resumable (not a best candidate)
+                checkpoints.save(step, state)
+            log.write(step, {"stopped": signal.Signals(received[0]).name, "max_steps": steps})
+            raise Interrupted(received[0], step)
         if timed_out:
             logger.warning(
                 "trainer.max_time_minutes=%s reached at step %d of %d: stopping",
@@ -412,6 +464,28 @@ def _train_loop(s, state, frozen, tx, schedule, checkpoints, log, steps):
             log.write(step, {"stopped": "max_time_minutes", "max_steps": steps})
             return state, step, "max_time_minutes"
     return state, step, None
+
+
+def _stop(s: Setup, step: int, what: str, checkpoints: TrainCheckpoints) -> TrainingError:
+    last = checkpoints.latest_step()
+    o = s.config.model.optim
+    return TrainingError(
+        f"step {step}: {what}; the run stops without saving it (last good checkpoint: "
+        + (f"step {last}" if last is not None else "none")
+        + f"). Lower model.optim.lr (now {o.lr}) or set trainer.gradient_clip_val (now "
+        f"{s.config.trainer.gradient_clip_val}), then rerun: it resumes from that checkpoint"
+        + (" (with --allow_config_change)" if last is not None else "")
+    )
+
+
+def _check_finite(s: Setup, fetched: list[dict], first_step: int, checkpoints) -> None:
+    """Stops the run at the first step whose loss or gradient norm is not finite."""
+    for offset, stats in enumerate(fetched):
+        for key in ("loss", "grad_norm"):
+            if not np.isfinite(float(stats[key])):
+                raise _stop(
+                    s, first_step + offset, f"the {key} is {float(stats[key])}", checkpoints
+                )
 
 
 def _step_log(fetched: list[dict], elapsed: float) -> dict[str, float]:
@@ -438,6 +512,9 @@ def _validate_and_save(s, state, frozen, eval_step, checkpoints, log, step) -> N
         values["val_time_s"] = time.time() - start
         log.write(step, values)
         logger.info("step %d: %s", step, {k: round(v, 4) for k, v in values.items()})
+    bad = [k for k, v in values.items() if not np.isfinite(float(v))]
+    if bad:  # never a checkpoint, let alone the best one, with a non-finite validation
+        raise _stop(s, step, f"{bad[0]} is {values[bad[0]]}", checkpoints)
     checkpoints.save(step, state, {k: float(v) for k, v in values.items()} or None)
 
 

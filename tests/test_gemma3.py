@@ -147,3 +147,28 @@ def test_prompt_tuning_gemma3_on_fpb_lowers_the_validation_loss(gemma, shared_di
     run = ptlearn.train(config, tmp_path / "after")
     print(f"gemma3 FPB validation loss: {before:.4f} -> {run.test['test_loss']:.4f}")
     assert run.final_step == 30 and run.test["test_loss"] < before
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("config_name", ["sentiment_ptuning", "sentiment_prefix_tuning"])
+def test_every_prompt_style_trains_and_predicts_on_gemma3(gemma, tmp_path, config_name):
+    from tiny_model import write_tiny_data
+
+    import ptlearn
+    from ptlearn.data import toy
+
+    write_tiny_data(tmp_path / "toy")
+    config = ptlearn.load_config(
+        config_name,
+        f"model=gemma3-270m,data={tmp_path / 'toy'},steps=3,virtual=4",
+        **{
+            "trainer.val_check_interval": 3,
+            "model.optim.sched.warmup_steps": 1,
+            "model.data.validation_metric_examples": 0,
+            "model.data.test_ds": (),
+        },
+    )
+    run = ptlearn.train(config, tmp_path / "run")
+    losses = [r["loss"] for r in run.history if "loss" in r]
+    assert run.final_step == 3 and all(np.isfinite(losses))
+    assert set(ptlearn.load(run.prompt_model).rank(toy.sentences(3, 5))) <= set(toy.LABELS)

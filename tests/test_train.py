@@ -258,3 +258,40 @@ def test_frozen_weights_in_bfloat16_prompts_and_optimizer_in_float32(tiny):
     moments = [x for x in jax.tree.leaves(new_state["opt_state"]) if getattr(x, "ndim", 0) > 0]
     assert {x.dtype for x in moments} == {np.dtype("float32")}
     assert np.isfinite(float(stats["loss"]))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_its_step_and_the_rerun_resumes_bit_identically(tiny, tmp_path):
+    import re
+
+    config_file = _write_config(tmp_path, *tiny)
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    cmd = [sys.executable, "-m", "ptlearn.train", f"--config={config_file}"]
+    done = _run(cmd + [f"--workdir={whole}"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen(
+        cmd + [f"--workdir={stopped}"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    last = stopped / "checkpoints" / "last"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (
+        last.is_dir() and any(p.name.isdigit() for p in last.iterdir())
+    ):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    step = int(re.search(r"stopped: SIGTERM at step (\d+)", err).group(1))
+    assert step < 40 and (last / str(step)).is_dir()  # the very step it stopped at is saved
+    assert "Traceback" not in err and not (stopped / "prompt_model").exists()
+    again = _run(cmd + [f"--workdir={stopped}"])
+    assert again.returncode == 0, again.stderr[-2000:]
+    a = load_prompt_model(whole / "prompt_model")
+    b = load_prompt_model(stopped / "prompt_model")
+    np.testing.assert_array_equal(a.tables["sentiment"], b.tables["sentiment"])
+    assert _losses(stopped) == _losses(whole)

@@ -121,3 +121,136 @@ def test_cli_prints_one_line_without_traceback(tiny, tmp_path):
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "train.jsonl:1" in last
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("model.optim.lr", float("nan")),
+        ("model.optim.lr", float("inf")),
+        ("model.optim.sched.min_lr", float("nan")),
+        ("trainer.gradient_clip_val", float("nan")),
+        ("inference.temperature", float("inf")),
+        ("inference.top_p", float("nan")),
+        ("model.optim.betas", (0.9, float("nan"))),
+    ],
+)
+def test_non_finite_numbers_are_config_errors(tiny, key, value):
+    config = tiny_config(*tiny)
+    config.update_from_flattened_dict({key: value})
+    with pytest.raises(ConfigError, match=r"give a finite number"):
+        config_lib.validate(config)
+
+
+def test_a_diverging_run_stops_and_writes_nothing_non_finite(tiny, tmp_path, monkeypatch):
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ptlearn.checkpoints.prompt_model import PromptModel, save_prompt_model
+    from ptlearn.errors import TrainingError
+
+    config = tiny_config(*tiny)
+    config.model.optim.lr = 1e10
+    with pytest.raises(ConfigError, match=r"model.optim.lr=10000000000.0: Adam moves"):
+        config_lib.validate(config)
+    config = tiny_config(*tiny)
+    config.trainer.log_every_n_steps = 4  # the NaN of step 3 surfaces at the next fetch
+    real = training.make_train_step
+
+    def nan_from_step_3(s, tx):
+        step, calls = real(s, tx), []
+
+        def run(state, frozen, batch):  # the state is donated: count calls, not its step
+            calls.append(1)
+            new_state, stats = step(state, frozen, batch)
+            if len(calls) >= 3:
+                stats = {**stats, "loss": jnp.float32(jnp.nan)}
+            return new_state, stats
+
+        return run
+
+    monkeypatch.setattr(training, "make_train_step", nan_from_step_3)
+    with pytest.raises(
+        TrainingError, match=r"step 3: the loss is nan; .*\(last good checkpoint: step 2\)"
+    ):
+        training.train_and_evaluate(config, str(tmp_path / "w"))
+    assert not (tmp_path / "w" / "prompt_model").exists()
+    assert not (tmp_path / "w" / "result.json").exists()
+    # A non-finite table is never written as a prompt model.
+    bad = PromptModel({"t": np.full((2, 4), np.nan, np.float32)}, [], {}, {}, {})
+    with pytest.raises(CheckpointError, match="non-finite values"):
+        save_prompt_model(tmp_path / "p", bad)
+    assert not (tmp_path / "p").exists()
+
+
+def test_nemo_path_never_replaces_a_folder_that_is_not_a_prompt_model(tiny, tmp_path):
+    precious = tmp_path / "my_notes"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    config = tiny_config(*tiny)
+    config.model.nemo_path = str(precious)
+    with pytest.raises(CheckpointError, match="is not a ptlearn prompt model"):
+        training.train_and_evaluate(config, str(tmp_path / "w"))
+    assert (precious / "thesis.tex").read_text() == "years of work"
+    assert not (tmp_path / "w" / "checkpoints").exists()  # refused before any training
+    # An earlier prompt model there is replaced.
+    config.model.nemo_path = str(tmp_path / "pm")
+    training.train_and_evaluate(config, str(tmp_path / "w1"))
+    training.train_and_evaluate(config, str(tmp_path / "w2"))
+    assert (tmp_path / "pm" / "prompt_model.json").is_file()
+
+
+def test_damaged_prompt_models_are_refused_on_load(tiny, tmp_path):
+    import json
+
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    from ptlearn import predict
+    from ptlearn.checkpoints.prompt_model import load_prompt_model
+
+    run = training.train_and_evaluate(tiny_config(*tiny), str(tmp_path / "w"))
+    folder = tmp_path / "w" / "prompt_model"
+    tables_file, meta_file = folder / "prompt_tables.safetensors", folder / "prompt_model.json"
+    good_tables, good_meta = load_file(str(tables_file)), meta_file.read_text()
+
+    def damaged(tables=None, meta=None, match=""):
+        save_file(tables or good_tables, str(tables_file))
+        meta_file.write_text(json.dumps(meta) if meta is not None else good_meta)
+        with pytest.raises(CheckpointError, match=match):
+            predict.load_prompted_lm(run.prompt_model)
+
+    nan = {"sentiment": np.full_like(good_tables["sentiment"], np.nan)}
+    damaged(tables=nan, match="not finite float32")
+    as_int = {"sentiment": good_tables["sentiment"].view(np.int32)}
+    damaged(tables=as_int, match="not finite float32")
+    meta = json.loads(good_meta)
+    few = {"sentiment": good_tables["sentiment"][:2]}
+    damaged(tables=few, meta={**meta, "table_shapes": {"sentiment": [2, 64]}}, match="asks for 4")
+    damaged(meta={**meta, "label_sets": {"sentiment": [1, 2]}}, match="list of strings")
+    damaged(meta={**meta, "templates": "oops"}, match="'templates' is missing or not a list")
+    wide = {"sentiment": np.zeros((4, 32), np.float32)}
+    damaged(tables=wide, meta={**meta, "table_shapes": {"sentiment": [4, 32]}}, match="cannot take")
+    save_file(good_tables, str(tables_file))
+    meta_file.write_text(good_meta)
+    assert load_prompt_model(folder).tables["sentiment"].shape == (4, 64)
+
+
+def test_predict_checks_pred_file_and_batch_size_before_any_work(tmp_path):
+    def predict_cli(*flags):
+        return subprocess.run(
+            [sys.executable, "-m", "ptlearn.predict", "--prompt_model=/none", "--data=x.jsonl"]
+            + list(flags),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    for flags, words in (
+        ([f"--pred_file={tmp_path}"], "is a folder"),
+        ([f"--pred_file={tmp_path / 'no' / 'p.txt'}"], "does not exist"),
+        ([f"--pred_file={tmp_path / 'p.txt'}", "--config.inference.batch_size=0"], "must be >= 1"),
+    ):
+        proc = predict_cli(*flags)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert words in proc.stderr.strip().splitlines()[-1]

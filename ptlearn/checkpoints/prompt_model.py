@@ -44,14 +44,33 @@ class PromptModel:
         return sorted(self.tables)
 
 
+def check_replaceable(directory: str | pathlib.Path, key: str = "model.nemo_path") -> None:
+    """Refuses a destination that holds something other than a prompt model (which would be
+    deleted to make room): absent or a ptlearn prompt model only."""
+    directory = pathlib.Path(directory)
+    if directory.exists() and not (directory.is_dir() and (directory / META_FILE).is_file()):
+        raise CheckpointError(
+            f"{key}={directory}: it exists and is not a ptlearn prompt model, which would be "
+            "replaced; choose a new path (or remove it yourself)"
+        )
+
+
 def save_prompt_model(directory: str | pathlib.Path, model: PromptModel) -> pathlib.Path:
-    """Writes the artifact atomically (a temporary folder renamed into place)."""
+    """Writes the artifact atomically (a temporary folder renamed into place); an existing
+    destination is replaced only if it is a prompt model (`check_replaceable`)."""
     from safetensors.numpy import save_file
 
     directory = pathlib.Path(directory)
+    check_replaceable(directory, "the prompt model's folder")
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=".prompt_model-", dir=directory.parent))
     tables = {task: np.ascontiguousarray(t, np.float32) for task, t in model.tables.items()}
+    for task, table in tables.items():
+        if not np.isfinite(table).all():
+            raise CheckpointError(
+                f"{directory}: the prompt of task {task!r} holds non-finite values; it is not "
+                "written (the run diverged: lower model.optim.lr)"
+            )
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=".prompt_model-", dir=directory.parent))
     save_file(tables, str(staging / TABLES_FILE))
     meta = {"format_version": FORMAT_VERSION, **dataclasses.asdict(model)}
     del meta["tables"]
@@ -86,13 +105,52 @@ def load_prompt_model(directory: str | pathlib.Path) -> PromptModel:
             f"{meta_path}: format_version {meta.get('format_version')!r} is not "
             f"{FORMAT_VERSION}; it was written by another ptlearn version"
         )
+    _check_meta(meta_path, meta)
     for task, shape in meta["table_shapes"].items():
         if task not in tables or list(tables[task].shape) != shape:
             raise CheckpointError(
                 f"{tables_path}: the table of task {task!r} is missing or damaged"
             )
+    for task, table in tables.items():
+        if table.dtype != np.float32 or not np.isfinite(table).all():
+            raise CheckpointError(
+                f"{tables_path}: the table of task {task!r} is not finite float32 "
+                f"({table.dtype}); the file is damaged"
+            )
+    counts = {t.get("taskname"): t.get("total_virtual_tokens") for t in meta["templates"]}
+    for task, table in tables.items():
+        if counts.get(task) != table.shape[0]:
+            raise CheckpointError(
+                f"{meta_path}: task {task!r} has {table.shape[0]} prompt rows but its template "
+                f"asks for {counts.get(task)!r} virtual tokens"
+            )
     fields = {f.name for f in dataclasses.fields(PromptModel)} - {"tables"}
     return PromptModel(tables=dict(tables), **{k: meta[k] for k in fields if k in meta})
+
+
+def _check_meta(path: pathlib.Path, meta: Any) -> None:
+    """The schema of prompt_model.json: each field's type, names in errors."""
+    kinds = {
+        "table_shapes": dict,
+        "templates": list,
+        "base_model": dict,
+        "tokenizer": dict,
+        "encoding": dict,
+        "label_sets": dict,
+    }
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    for key, kind in kinds.items():
+        missing = key not in meta and key != "label_sets"  # older prompt models lack it
+        if missing or (key in meta and not isinstance(meta[key], kind)):
+            raise CheckpointError(f"{path}: {key!r} is missing or not a {kind.__name__}")
+    if not all(isinstance(t, dict) for t in meta["templates"]):
+        raise CheckpointError(f"{path}: 'templates' must be a list of template objects")
+    if not isinstance(meta["base_model"].get("sha256"), str):
+        raise CheckpointError(f"{path}: base_model.sha256 is missing")
+    for task, labels in meta.get("label_sets", {}).items():
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise CheckpointError(f"{path}: label_sets[{task!r}] must be a list of strings")
 
 
 def _json_default(value: Any) -> Any:
