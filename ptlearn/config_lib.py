@@ -18,7 +18,7 @@ from typing import Any
 
 import ml_collections
 
-from ptlearn.errors import ConfigError
+from ptlearn.errors import ConfigError, did_you_mean
 
 # Deep prompts (keys and values at every layer): prefix tuning (Li & Liang 2021) and P-tuning v2
 # (Liu et al. 2022) are the same method here, so both names are accepted.
@@ -136,10 +136,14 @@ def apply_overrides(
         node = config
         for part in parent.split(".") if parent else ():
             if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-                raise ConfigError(f"config key {key!r} does not exist (no {part!r})")
+                hint = (
+                    did_you_mean(part, node) if isinstance(node, ml_collections.ConfigDict) else ""
+                )
+                raise ConfigError(f"unknown config key {key} (no {part!r}){hint}")
             node = node[part]
         if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-            raise ConfigError(f"config key {key!r} does not exist")
+            hint = did_you_mean(leaf, node) if isinstance(node, ml_collections.ConfigDict) else ""
+            raise ConfigError(f"unknown config key {key}{hint}")
         try:
             node[leaf] = value
         except (TypeError, ValueError) as err:

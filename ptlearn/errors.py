@@ -1,5 +1,16 @@
 """User-facing errors: each names the file, line or key at fault and what to do about it."""
 
+from collections.abc import Iterable
+
+
+def did_you_mean(name: object, known: "Iterable[str]") -> str:
+    """' (did you mean 'x'?)' for the closest of `known` to `name`, or ''. Names are shown
+    with ascii(), so control characters or look-alike letters in data stay visible."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    return f" (did you mean {ascii(close[0])}?)" if close else ""
+
 
 class PtlearnError(Exception):
     """An error caused by the user's input (a file, a config key, a flag), not by a bug.

@@ -36,12 +36,15 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from ptlearn.errors import ConfigError, DataError, TemplateError
+from ptlearn.errors import ConfigError, DataError, TemplateError, did_you_mean
 
 _MARKER = re.compile(r"<\|VIRTUAL_PROMPT_(\d+)\|>")
 _MARKER_PREFIX = "<|VIRTUAL_PROMPT"
 # Id written at virtual positions; the model overwrites those embeddings, any valid id works.
 VIRTUAL_FILL_ID = 0
+# A field longer than this many characters per token of max_seq_length cannot fit: it is cut
+# (the truncate field) or its example dropped before the tokenizer sees it (a 50 MB line).
+MAX_FIELD_CHARS_PER_TOKEN = 16
 
 _REQUIRED_KEYS = (
     "taskname",
@@ -340,10 +343,11 @@ def check_example_fields(
         if for_inference and name == template.answer_field:
             continue
         if name not in example:
-            have = ", ".join(sorted(map(str, example))) or "none"
+            have = ", ".join(sorted(map(ascii, example))) or "none"
             raise DataError(
-                f"{where}: task '{template.taskname}' needs field '{name}' (the example has: "
-                f"{have}); fix the data or the task's prompt_template"
+                f"{where}: task {ascii(template.taskname)} needs field {ascii(name)} (the "
+                f"example has: {have}){did_you_mean(name, map(str, example))}; fix the data or "
+                "the task's prompt_template"
             )
         _field_text(template, example, name, where)
 
@@ -444,7 +448,15 @@ def encode_example(
             group = piece.group
             parts.append(("virtual", list(range(starts[group], starts[group + 1]))))
         elif piece.kind != "answer" or not for_inference:
-            parts.append((piece.kind, list(tokenizer.encode(piece.text)) if piece.text else []))
+            text = piece.text
+            if len(text) > MAX_FIELD_CHARS_PER_TOKEN * max_seq_length:
+                if piece.kind != "truncate":
+                    return None  # cannot fit: dropped (counted) before any tokenising
+                text = text[: MAX_FIELD_CHARS_PER_TOKEN * max_seq_length]  # the kept head
+            # Filled templates are text: a special token's name in a value (or in the
+            # template) stays text; BOS and EOS are ids ptlearn adds itself.
+            encode = _literal_encoder(tokenizer)
+            parts.append((piece.kind, list(encode(text)) if text else []))
     if add_eos and not for_inference:
         if tokenizer.eos_id is None:
             raise ConfigError("add_eos is set but the tokenizer has no EOS token; unset add_eos")
@@ -481,6 +493,12 @@ def encode_example(
         truncated=truncated,
         line_no=line_no,
     )
+
+
+def _literal_encoder(tokenizer: Any) -> Any:
+    """`encode_text` (special-token names stay text), or `encode` for tokenizers without
+    special tokens to match (the test stubs)."""
+    return getattr(tokenizer, "encode_text", tokenizer.encode)
 
 
 @dataclasses.dataclass
@@ -531,7 +549,8 @@ def encode_dataset(
         if not isinstance(taskname, str) or taskname not in templates:
             known = ", ".join(sorted(templates)) or "none"
             raise DataError(
-                f"{where}: unknown taskname {taskname!r}; the task templates define: {known}"
+                f"{where}: unknown taskname {ascii(taskname)}"
+                f"{did_you_mean(taskname, templates)}; the task templates define: {known}"
             )
         encoded = encode_example(
             templates[taskname],

@@ -74,6 +74,11 @@ class Tokenizer(abc.ABC):
         """``[encode(t) for t in texts]``, computed in one batched call where the backend can."""
         return [self.encode(t) for t in texts]
 
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of ``text`` taken literally: a special token's name written in it (data
+        holding ``<|endoftext|>``) stays text and never becomes the control token."""
+        return self.encode(text)
+
     @abc.abstractmethod
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         """Text of ``ids`` ([T] ints); special tokens are written out unless skipped."""
@@ -120,6 +125,13 @@ class HFTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         """See ``Tokenizer.encode``."""
         return self.core.encode(text, add_special_tokens=False).ids
+
+    def encode_text(self, text: str) -> list[int]:
+        """See ``Tokenizer.encode_text``: a copy of the core with special-token matching off."""
+        if not hasattr(self, "_literal"):
+            self._literal = HFTokenizerCore.from_str(self.core.to_str())
+            self._literal.encode_special_tokens = True
+        return self._literal.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """See ``Tokenizer.encode_batch``; multi-threaded, no offsets computed."""
@@ -170,6 +182,10 @@ class SentencePieceTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         """See ``Tokenizer.encode``."""
         return self.encode_batch([text])[0]
+
+    def encode_text(self, text: str) -> list[int]:
+        """See ``Tokenizer.encode_text``: SentencePiece itself reads control names as text."""
+        return list(self.sp.encode(text, out_type=int)) if text else []
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """See ``Tokenizer.encode_batch``; all plain-text pieces go to SentencePiece at once."""

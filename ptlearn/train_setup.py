@@ -19,7 +19,7 @@ from ptlearn import config_lib, deep_prompts, numerics, prompts, sharding, templ
 from ptlearn.checkpoints import file_checksum, load_model, resolve_model
 from ptlearn.checkpoints.prompt_model import PromptModel, load_prompt_model
 from ptlearn.data import sources
-from ptlearn.errors import ConfigError, DataError
+from ptlearn.errors import ConfigError, DataError, did_you_mean
 from ptlearn.gpt import GPT
 
 logger = logging.getLogger(__name__)
@@ -105,10 +105,24 @@ def _encode(
 
 
 def _label_sets(records: list[tuple[str, int, dict]], task_templates) -> dict[str, list[str]]:
+    """Each task's closed label set (its training answers, when few); empty answers are no
+    label (warned about, with where the first one is)."""
     values: dict[str, set[str]] = {}
-    for _, _, record in records:
+    empty: list[str] = []
+    for name, line_no, record in records:
         field = task_templates[record["taskname"]].answer_field
-        values.setdefault(record["taskname"], set()).add(str(record.get(field, "")))
+        answer = str(record.get(field, ""))
+        if not answer.strip():
+            empty.append(f"{name}:{line_no}")
+            continue
+        values.setdefault(record["taskname"], set()).add(answer)
+    if empty:
+        logger.warning(
+            "%d training example(s) have an empty answer (first: %s); they train the model to "
+            "stop at once and are no label of rank classification",
+            len(empty),
+            empty[0],
+        )
     return {t: sorted(v) for t, v in values.items() if len(v) <= MAX_LABELS}
 
 
@@ -194,9 +208,10 @@ def _served_templates(
 def _check_tasks(records: list[tuple[str, int, dict]], allowed: Sequence[str], why: str) -> None:
     for name, line_no, record in records:
         if record.get("taskname") not in allowed:
+            task = record.get("taskname")
             raise DataError(
-                f"{name}:{line_no}: task {record.get('taskname')!r} is not one this run can use "
-                f"({why}: {list(allowed)})"
+                f"{name}:{line_no}: task {ascii(task)} is not one this run can use "
+                f"({why}: {list(allowed)}){did_you_mean(task, allowed)}"
             )
 
 

@@ -438,7 +438,7 @@ def _steps(s, state, frozen, tx, schedule, checkpoints, log, steps, received):
         pending.append(stats)
         timed_out = deadline is not None and time.time() > deadline
         validating = step % interval == 0 or step == steps or timed_out
-        if step % trainer.log_every_n_steps == 0 or validating:
+        if step % trainer.log_every_n_steps == 0 or step == steps or timed_out:
             fetched = distributed.to_host(pending)
             _check_finite(s, fetched, step - len(fetched) + 1, checkpoints)
             values = _step_log(fetched, time.time() - window_start)
@@ -447,6 +447,9 @@ def _steps(s, state, frozen, tx, schedule, checkpoints, log, steps, received):
             log.progress(step, values)
             pending, window_start = [], time.time()
         if validating:
+            # Checked before a checkpoint can hold them (kept, now on the host, for the log).
+            pending = distributed.to_host(pending)
+            _check_finite(s, pending, step - len(pending) + 1, checkpoints)
             _validate_and_save(s, state, frozen, eval_step, checkpoints, log, step)
             window_start = time.time()  # validation time is not training throughput
         if received:

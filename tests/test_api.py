@@ -69,7 +69,9 @@ def test_load_config_by_name_path_and_arg_is_locked(toy_data):
         f"configs/sentiment_prompt_tuning.py:{ARG},data={toy_data}", **OVERRIDES
     )
     assert by_path.to_dict() == by_name.to_dict()
-    with pytest.raises(ConfigError, match="model.optim.lrr"):
+    with pytest.raises(
+        ConfigError, match=r"unknown config key model.optim.lrr \(did you mean 'lr'"
+    ):
         ptlearn.load_config("sentiment_prompt_tuning", **{"model.optim.lrr": 1.0})
     with pytest.raises(ConfigError, match="model.optim.lr"):
         ptlearn.load_config("sentiment_prompt_tuning", **{"model.optim.lr": "fast"})

@@ -55,6 +55,17 @@ def test_blank_and_crlf_lines_are_skipped_and_line_numbers_stay_physical(tmp_pat
         (b'{"taskname": 3}\n', 1, "'taskname' must be a non-empty string"),
         (b'{"taskname": "t", "sentence": "s"}\n{"taskname": "t"}\n', 2, "lacks required key"),
         (b'{"taskname": "t", "sentence": "\xff"}\n', 1, "not valid utf-8"),
+        # JSON that parses but is not data.
+        (b'{"taskname": "t", "sentence": "a", "sentence": "b"}\n', 1, "'sentence' appears twice"),
+        (b'{"taskname": "t", "sentence": NaN}\n', 1, "NaN is not a JSON number"),
+        (b'{"taskname": "t", "sentence": -Infinity}\n', 1, "-Infinity is not a JSON number"),
+        (b'{"taskname": "t", "sentence": 1' + b"9" * 5000 + b"}\n", 1, "cannot be read"),
+        (
+            b'{"taskname": "t", "sentence": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
+            1,
+            "nested too deeply",
+        ),
+        (b'{"taskname": "t", "sentence": "\\ud800 lone"}\n', 1, "lone surrogate"),
     ],
 )
 def test_each_error_names_file_and_line(tmp_path, content, line, what):

@@ -390,3 +390,38 @@ def test_inference_prefix_and_length_properties(
         text_ids = train.ids[(train.virtual_index == -1)]
         text_ids = text_ids[add_bos : len(text_ids) - add_eos]
         assert tok.decode(text_ids) == filled
+
+
+def test_a_field_far_longer_than_the_context_never_reaches_the_tokenizer():
+    seen = []
+
+    class Counting(CharTokenizer):
+        def encode(self, text):
+            seen.append(len(text))
+            return super().encode(text)
+
+    huge = "x" * 5_000_000  # a 5 MB field for a 64-token context
+    sentiment = template()
+    assert (
+        encode(sentiment, {"sentence": huge, "label": "pos"}, Counting(), max_seq_length=64) is None
+    )
+    assert max(seen, default=0) < 100  # dropped before its text was tokenised
+    squad = parse_task_templates([SQUAD])["squad"]
+    seen.clear()
+    example = encode(
+        squad, {"context": huge, "question": "q", "answer": "a"}, Counting(), max_seq_length=64
+    )
+    assert example is not None and example.truncated and len(example.ids) == 64
+    assert max(seen) == 16 * 64  # the truncate field's head, cut before tokenising
+
+
+def test_special_token_names_in_data_stay_text():
+    from ptlearn.checkpoints import load_model
+
+    tok = load_model("tiny").tokenizer
+    name = tok.id_to_token(tok.eos_id)  # "<|endoftext|>"
+    assert tok.encode(name) == [tok.eos_id]  # raw text (lm generate) may name it
+    example = encode(template(), {"sentence": f"a {name} b", "label": "pos"}, tok, add_eos=True)
+    ids = example.ids.tolist()
+    assert ids[4:].count(tok.eos_id) == 1  # only the EOS ptlearn adds (0-3: virtual slots)
+    assert tok.decode(ids[4:]).startswith(f" a {name} b")

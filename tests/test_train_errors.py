@@ -38,8 +38,12 @@ def test_unknown_taskname_names_line_and_known_tasks(tiny, tmp_path):
     )
     config = tiny_config(model, data)
     config.model.data.validation_ds = (str(bad),)
-    with pytest.raises(DataError, match=r"val.jsonl:13.*sentimnet.*sentiment"):
+    with pytest.raises(DataError, match=r"val.jsonl:13.*sentimnet.*did you mean 'sentiment'"):
         training.train_and_evaluate(config, str(tmp_path / "w"))
+    # Names come out with ascii(): a look-alike letter in the data stays visible.
+    bad.write_text('{"taskname": "sentim\u0435nt", "sentence": "x", "label": "y"}\n')
+    with pytest.raises(DataError, match=r"'sentim\\u0435nt'"):
+        training.train_and_evaluate(config, str(tmp_path / "w2"))
 
 
 def test_template_errors_name_the_task(tiny, tmp_path):
@@ -254,3 +258,22 @@ def test_predict_checks_pred_file_and_batch_size_before_any_work(tmp_path):
         proc = predict_cli(*flags)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert words in proc.stderr.strip().splitlines()[-1]
+
+
+def test_empty_answers_are_warned_about_and_no_label(tiny, tmp_path, caplog):
+    import json
+
+    model, data = tiny
+    lines = data["train"].read_text().splitlines()
+    record = json.loads(lines[2])
+    lines[2] = json.dumps({**record, "label": " "})
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(lines) + "\n")
+    config = tiny_config(model, data)
+    config.model.data.train_ds = (str(train),)
+    with caplog.at_level(logging.WARNING):
+        s = training.setup(config)
+    assert s.label_sets["sentiment"] == ["negative", "neutral", "positive"]
+    assert any(
+        f"{train}:3" in r.getMessage() and "empty answer" in r.getMessage() for r in caplog.records
+    )

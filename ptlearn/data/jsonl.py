@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from ptlearn.errors import DataError
 from ptlearn.files import atomic_writer
@@ -82,18 +83,62 @@ def _parse_line(
     if not text.strip():
         return None
     try:
-        record = json.loads(text)
+        record = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except json.JSONDecodeError as err:
         raise DataError(
             f"{where}: invalid JSON ({err.msg} at column {err.colno}); "
             "each line must hold one complete JSON object"
         ) from None
+    except _Refused as err:
+        raise DataError(f"{where}: {err}") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply; records are flat objects") from None
+    except ValueError as err:  # e.g. an integer of more digits than Python converts
+        raise DataError(f"{where}: a value cannot be read ({err})") from None
+    try:
+        _check_text(where, record)
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply; records are flat objects") from None
     if not isinstance(record, dict):
         raise DataError(
             f"{where}: expected a JSON object, got {type(record).__name__}; "
             'each line must look like {"taskname": ..., <fields>}'
         )
     return checked_record(where, record, required_keys, default_task)
+
+
+class _Refused(ValueError):
+    """JSON that parses but is not data: repeated keys, NaN / Infinity."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    keys = [k for k, _ in pairs]
+    repeated = sorted({ascii(k) for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise _Refused(f"key {', '.join(repeated)} appears twice in one object; keep one")
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> Any:
+    raise _Refused(f"{name} is not a JSON number; write the value as a string or a number")
+
+
+def _check_text(where: str, value: Any) -> None:
+    """Strings must be valid unicode (no lone surrogates from \\ud800 escapes)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(
+                f"{where}: a string holds a lone surrogate escape (\\ud800-\\udfff); it is not text"
+            ) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(where, key)
+            _check_text(where, item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(where, item)
 
 
 def checked_record(
