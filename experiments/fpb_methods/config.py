@@ -101,8 +101,8 @@ def get_hyper(h):
                 "method",
                 ["in-context-3", "in-context-3-rank", "in-context-8", "in-context-8-rank"]
                 + [f"prompt-{i}" for i in PROMPT_INITS]
-                + [f"ptune-{e}" for e in ENCODERS]
-                + ["prefix-text", "prefix-mlp"],
+                + ["prefix-text", "prefix-mlp"]
+                + [f"ptune-{e}" for e in ENCODERS],
             ),
             h.sweep("seed", [0, 1, 2]),
         ]
