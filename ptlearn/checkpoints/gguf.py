@@ -10,28 +10,10 @@ import numpy as np
 
 from ptlearn.checkpoints.loading import LoadedModel, check_params, stack_layers, unflatten
 from ptlearn.errors import CheckpointError
+from ptlearn.gguf_metadata import metadata_value, open_reader
 from ptlearn.gpt import GPTConfig
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "gpt2", "gemma3")
-
-
-def open_reader(path: str | pathlib.Path) -> Any:
-    """A `gguf.GGUFReader` for `path`, or a CheckpointError naming the file."""
-    import gguf
-
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such GGUF file")
-    try:
-        return gguf.GGUFReader(str(path))
-    except Exception as err:  # the reader raises assorted errors on corrupt files
-        raise CheckpointError(f"{path}: not a readable GGUF file ({err})") from err
-
-
-def metadata_value(reader: Any, key: str, default: Any = None) -> Any:
-    """The metadata value under `key` as a Python value, or `default` when absent."""
-    field = reader.fields.get(key)
-    return default if field is None else field.contents()
 
 
 def read_config(reader: Any, source: str) -> GPTConfig:
