@@ -432,6 +432,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("lr", "weight_decay"):
         if m.optim[key] < 0:
             raise ConfigError(f"model.optim.{key} must be >= 0")
+    generate = config.inference.tokens_to_generate
+    if not 1 <= generate <= m.max_seq_length:
+        raise ConfigError(
+            f"inference.tokens_to_generate={generate}: must be within 1 and the context, "
+            f"model.max_seq_length={m.max_seq_length}"
+        )
     if m.optim.lr > MAX_LR:
         raise ConfigError(
             f"model.optim.lr={m.optim.lr}: Adam moves every prompt value by about lr a step and "

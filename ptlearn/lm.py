@@ -100,8 +100,12 @@ def cmd_generate(args: Any) -> dict:
         )
     except ValueError as err:
         raise PtlearnError(f"sampling options: {err}") from err
-    if args.tokens_to_generate < 1:
-        raise PtlearnError(f"--tokens_to_generate={args.tokens_to_generate}: must be >= 1")
+    room = loaded.config.max_position_embeddings - len(prompt_ids)
+    if not 1 <= args.tokens_to_generate <= room:
+        raise PtlearnError(
+            f"--tokens_to_generate={args.tokens_to_generate}: must be within 1 and {room}, what "
+            f"the model's context ({loaded.config.max_position_embeddings}) leaves after the prompt"
+        )
     eos = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
     # Decoding runs faster on the serving layout (float32, one row: 2.8 -> 1.9 s for 64 tokens).
     config, params = serving_layout(loaded.config, loaded.params)

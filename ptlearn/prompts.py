@@ -258,6 +258,18 @@ class EncoderConfig:
         """E_in, the width of the learned inputs."""
         return self.input_dim or self.embed_dim
 
+    @property
+    def num_params(self) -> int:
+        """The encoder's parameter count (weights and biases), computed from its sizes alone."""
+        e_in, e, h, n = self.in_dim, self.embed_dim, self.encoder_hidden, self.num_layers
+        if self.encoder_type == "mlp":
+            return e_in * h + (n - 2) * h * h + h * e + (n - 1) * h + e
+        if self.encoder_type == "tpmlp":
+            return e_in * h + h * e + h + e
+        h = e if self.encoder_type == "biglstm" else h
+        lstm = sum(2 * (4 * h * ((e_in if i == 0 else 2 * h) + h) + 4 * h) for i in range(n))
+        return lstm + 2 * h * h + h + h * e + e
+
 
 def _dense(features: int, axes: tuple[str, str], std: float, name: str) -> layers.DenseGeneral:
     return layers.DenseGeneral(

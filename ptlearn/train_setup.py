@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -215,6 +216,28 @@ def _check_tasks(records: list[tuple[str, int, dict]], allowed: Sequence[str], w
             )
 
 
+def _check_encoder_fits(encoder: prompts.EncoderConfig | None, m: Any) -> None:
+    """Refuses an encoder whose float32 training state (weights, gradients, two Adam moments)
+    would take more than half this machine's memory, before anything is allocated."""
+    if encoder is None:
+        return
+    need = 16 * encoder.num_params  # 4 bytes x (weights, gradients, 2 moments)
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have / 2:
+        key = (
+            "model.prefix_tuning.projection_hidden"
+            if encoder.table_shape
+            else ("model.p_tuning.encoder_hidden")
+        )
+        value = (
+            m.prefix_tuning.projection_hidden if encoder.table_shape else m.p_tuning.encoder_hidden
+        )
+        raise ConfigError(
+            f"{key}={value}: its encoder's training state needs {need / 2**30:.1f} GiB, more "
+            f"than half of this machine's {have / 2**30:.1f} GiB; use a smaller one"
+        )
+
+
 def encoder_config_from(model_cfg: Any, base: Any) -> prompts.EncoderConfig | None:
     """The prompt encoder of the run, for the base model's GPTConfig `base`: p-tuning's
     (`model.p_tuning.*`), or the deep prompts' projection (`model.prefix_tuning.*`: an MLP
@@ -278,6 +301,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     loaded = load_model(m.language_model_path, dtype=frozen_weights_dtype(m))
     max_len = min(m.max_seq_length, loaded.config.max_position_embeddings)
     encoder_config = encoder_config_from(m, loaded.config)
+    _check_encoder_fits(encoder_config, m)
     label_sets = dict(restored.label_sets) if restored is not None else {}
     label_sets.update(_label_sets(train_records, served))
     return Setup(

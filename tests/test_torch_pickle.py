@@ -57,7 +57,7 @@ def test_non_contiguous_views_shared_storage_and_big_endian(tmp_path):
 
 
 def test_out_of_bounds_stride_and_missing_storage_are_errors(tmp_path):
-    storage = np.zeros(6, np.float32)
+    storage = np.zeros(10, np.float32)  # 9 elements from offset 2 end past its 10
     path = tmp_path / "bad.bin"
     torch_format.save({"w": torch_format.StridedTensor(storage, 2, (3, 3), (3, 1))}, path)
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
@@ -125,3 +125,31 @@ def test_legacy_format_and_non_torch_files_get_clear_errors(tmp_path):
         torch_pickle.load_torch_file(text)
     with pytest.raises(CheckpointError, match="not found"):
         torch_pickle.load_torch_file(tmp_path / "absent.bin")
+
+
+def test_small_files_that_would_allocate_without_bound_are_refused(tmp_path):
+    """A 1-element storage viewed with stride 0 as 10^9 elements, and 40 levels of dicts that
+    share their children (2^40 paths): each a few hundred bytes, each refused at once."""
+    import time
+
+    path = tmp_path / "stride0.bin"
+    one = np.ones(1, np.float32)
+    torch_format.save(
+        {"w": torch_format.StridedTensor(one, 0, (1000, 1000, 1000), (0, 0, 0))}, path
+    )
+    assert path.stat().st_size < 2000
+    started = time.time()
+    with pytest.raises(CheckpointError, match="1000000000 elements\\) from a storage of 1"):
+        torch_pickle.load_torch_file(path)
+    assert time.time() - started < 5
+
+    node = {"step": 1}
+    for _ in range(40):
+        node = {"a": node, "b": node}  # pickle's memo writes each dict once
+    path = tmp_path / "shared.bin"
+    torch_format.write_torch_zip(path, pickle.dumps(node, protocol=2), {})
+    assert path.stat().st_size < 5000
+    started = time.time()
+    with pytest.raises(CheckpointError, match="appears twice"):
+        torch_pickle.load_torch_file(path)
+    assert time.time() - started < 5

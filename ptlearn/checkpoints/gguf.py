@@ -33,6 +33,19 @@ def read_config(reader: Any, source: str) -> GPTConfig:
 
     hidden = int(get("embedding_length"))
     heads = int(get("attention.head_count"))
+    # Layers are preallocated from the metadata's count: it must match the tensors present.
+    blocks = {t.name.split(".")[1] for t in reader.tensors if t.name.startswith("blk.")}
+    if int(get("block_count")) != len(blocks) or blocks != {str(i) for i in range(len(blocks))}:
+        raise CheckpointError(
+            f"{source}: {arch}.block_count={get('block_count')} but the file holds the "
+            f"tensors of {len(blocks)} blocks; the metadata is damaged"
+        )
+    embed_dims = [int(d) for t in reader.tensors if t.name == "token_embd.weight" for d in t.shape]
+    if not embed_dims or hidden not in embed_dims:
+        raise CheckpointError(
+            f"{source}: {arch}.embedding_length={hidden} does not match token_embd.weight "
+            f"{embed_dims or '(missing)'}; the metadata is damaged"
+        )
     embed_shape = next(t.shape for t in reader.tensors if t.name == "token_embd.weight")
     vocab = int(metadata_value(reader, f"{arch}.vocab_size", int(embed_shape[-1])))
     has_output = any(t.name == "output.weight" for t in reader.tensors)

@@ -113,6 +113,14 @@ def _strided_copy(
         raise CheckpointError(f"{where}: malformed tensor size {size} / stride {stride}")
     if 0 in size:
         return np.zeros(size, flat.dtype)
+    numel = int(np.prod(size, dtype=np.int64)) if len(size) < 64 else -1
+    # A state dict's tensors own their storage: one larger than it (stride 0 over a few
+    # elements) would be materialised, from a small file, into any amount of memory.
+    if numel < 0 or numel > flat.size:
+        raise CheckpointError(
+            f"{where}: a tensor of size {size} ({numel} elements) from a storage of "
+            f"{flat.size}: stride tricks that a checkpoint never needs; the file is malformed"
+        )
     last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
     # as_strided does no bounds checks: a lying header must not read past the storage.
     if offset < 0 or last >= flat.size:
@@ -317,14 +325,40 @@ def read_torch_pickle(path: PathLike) -> Any:
     raise CheckpointError(f"{source}: not a torch.save file (neither a zip archive nor legacy)")
 
 
-def flatten_state_dict(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:
-    """Nested dicts of arrays -> {'a.b.c': array}; non-tensor leaves (ints, strings) are dropped."""
+# A state dict has one path per tensor: more (dicts that share children) is a crafted file.
+MAX_STATE_DICT_ENTRIES = 1_000_000
+
+
+def flatten_state_dict(
+    tree: Any, prefix: str = "", source: str = "<state dict>"
+) -> dict[str, np.ndarray]:
+    """Nested dicts of arrays -> {'a.b.c': array}; non-tensor leaves (ints, strings) are dropped.
+
+    A dict inside itself (a cycle) or reached twice (shared children, whose paths double at
+    each level: 40 levels make 2^40) is a CheckpointError, as is more than
+    MAX_STATE_DICT_ENTRIES entries visited.
+    """
     flat: dict[str, np.ndarray] = {}
-    if isinstance(tree, Mapping):
-        for key, value in tree.items():
-            flat.update(flatten_state_dict(value, f"{prefix}{key}."))
-    elif isinstance(tree, np.ndarray):
-        flat[prefix[:-1]] = tree
+    seen: set[int] = set()
+    visited = 0
+    stack: list[tuple[Any, str]] = [(tree, prefix)]
+    while stack:
+        node, path = stack.pop()
+        visited += 1
+        if visited > MAX_STATE_DICT_ENTRIES:
+            raise CheckpointError(
+                f"{source}: more than {MAX_STATE_DICT_ENTRIES} entries in the state dict"
+            )
+        if isinstance(node, Mapping):
+            if id(node) in seen:
+                raise CheckpointError(
+                    f"{source}: the dict at {path[:-1] or '<root>'!r} appears twice (shared or "
+                    "cyclic): not a state dict"
+                )
+            seen.add(id(node))
+            stack.extend((value, f"{path}{key}.") for key, value in reversed(node.items()))
+        elif isinstance(node, np.ndarray):
+            flat[path[:-1]] = node
     return flat
 
 
@@ -343,4 +377,4 @@ def load_torch_file(path: PathLike) -> dict[str, np.ndarray]:
         )
     if isinstance(tree.get("state_dict"), Mapping):
         tree = tree["state_dict"]
-    return flatten_state_dict(tree)
+    return flatten_state_dict(tree, source=os.fspath(path))
