@@ -283,7 +283,8 @@ def write_report(
             plot_axis(table, axis, axes, path)
             written[f"plot_{axis}"] = str(path)
             lines.append(f"![{axis}]({path.name})")
-        short = arms[(arms["status"] == "finished") & (arms.get("stopped", "") != "")]
+        stopped = arms["stopped"].fillna("") if "stopped" in arms else ""
+        short = arms[(arms["status"] == "finished") & (stopped != "")]
         if len(short):
             names = ", ".join(f"`{a}`" for a in short["arm"])
             lines += ["", f"Stopped early (trainer.max_time_minutes): {names}.", ""]
