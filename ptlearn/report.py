@@ -168,9 +168,14 @@ def plot_axis(table: Any, axis: str, axes: Sequence[str], path: pathlib.Path) ->
                 marker="o",
                 capsize=3,
                 label=label or None,
+                linestyle="-" if numeric else "none",  # no line between unordered categories
             )
             if numeric and group[axis].min() > 0 and group[axis].max() / group[axis].min() >= 20:
                 panel.set_xscale("log")
+            if not numeric:
+                panel.tick_params(axis="x", labelrotation=45)
+                for tick in panel.get_xticklabels():
+                    tick.set_horizontalalignment("right")
         panel.set_xlabel(axis)
         panel.set_title(metric)
         panel.grid(alpha=0.3)
