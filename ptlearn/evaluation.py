@@ -5,7 +5,6 @@ artifact. `training` calls these at every validation and at the end.
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -13,8 +12,7 @@ from typing import Any
 import numpy as np
 
 from ptlearn import distributed, predict, prompted, prompts
-from ptlearn.checkpoints import file_checksum, resolve_model
-from ptlearn.checkpoints.prompt_model import PromptModel, save_prompt_model
+from ptlearn.checkpoints.prompt_model import PromptModel, base_model_fields, save_prompt_model
 from ptlearn.data import batching
 from ptlearn.train_setup import Setup, adds_bos
 
@@ -137,26 +135,13 @@ def write_prompt_model(
 ) -> None:
     """The prompt-only artifact: tables, templates, base-model and tokenizer references."""
     spec = s.config.model.language_model_path
-    path = resolve_model(spec)
     tok = s.loaded.tokenizer
     save_prompt_model(
         directory,
         PromptModel(
             tables=frozen_tables(s, prompt_params),
             templates=[s.templates[t].to_dict() for t in s.task_names],
-            base_model={
-                "spec": spec,
-                "file": path.name,
-                "sha256": file_checksum(path),
-                "config": dataclasses.asdict(s.loaded.config),
-            },
-            tokenizer={
-                "source": str(path),
-                "vocab_size": tok.vocab_size,
-                "bos_id": tok.bos_id,
-                "eos_id": tok.eos_id,
-                "pad_id": tok.pad_id,
-            },
+            **base_model_fields(spec, s.loaded),
             encoding={
                 "add_eos": bool(s.config.model.data.add_eos),
                 "add_bos": adds_bos(s.config.model.data, tok),

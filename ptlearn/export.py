@@ -13,7 +13,6 @@ already-rotated keys in its cache. `from-peft` undoes both for a template you gi
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 from collections.abc import Sequence
@@ -143,8 +142,8 @@ def from_peft(
     from safetensors.numpy import load_file
 
     from ptlearn import templates
-    from ptlearn.checkpoints import file_checksum, load_model, resolve_model
-    from ptlearn.checkpoints.prompt_model import PromptModel, save_prompt_model
+    from ptlearn.checkpoints import load_model
+    from ptlearn.checkpoints.prompt_model import PromptModel, base_model_fields, save_prompt_model
     from ptlearn.deep_prompts import row_shape
 
     adapter = pathlib.Path(adapter)
@@ -180,26 +179,12 @@ def from_peft(
             f"not fit {model!r} (hidden {config.hidden_size}, keys and values "
             f"{list(row_shape(config))} per layer); give the base model it was trained on"
         )
-    path = resolve_model(model)
-    tok = loaded.tokenizer
     return save_prompt_model(
         out,
         PromptModel(
             tables={task: table},
             templates=[parsed[task].to_dict()],
-            base_model={
-                "spec": model,
-                "file": path.name,
-                "sha256": file_checksum(path),
-                "config": dataclasses.asdict(config),
-            },
-            tokenizer={
-                "source": str(path),
-                "vocab_size": tok.vocab_size,
-                "bos_id": tok.bos_id,
-                "eos_id": tok.eos_id,
-                "pad_id": tok.pad_id,
-            },
+            **base_model_fields(model, loaded),
             encoding={"add_eos": add_eos, "add_bos": False, "max_seq_length": max_seq_length},
             label_sets={task: list(labels)} if labels else {},
             training={"virtual_prompt_style": style, "imported_from": str(adapter)},

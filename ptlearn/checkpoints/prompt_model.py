@@ -44,6 +44,31 @@ class PromptModel:
         return sorted(self.tables)
 
 
+def base_model_fields(spec: str, loaded: Any) -> dict[str, dict[str, Any]]:
+    """The `base_model` and `tokenizer` fields of a prompt model made on `loaded` (a
+    LoadedModel read from the checkpoint `spec` names): the checkpoint's checksum and config,
+    the tokenizer's special ids."""
+    from ptlearn.checkpoints import file_checksum, resolve_model
+
+    path = resolve_model(spec)
+    tok = loaded.tokenizer
+    return {
+        "base_model": {
+            "spec": spec,
+            "file": path.name,
+            "sha256": file_checksum(path),
+            "config": dataclasses.asdict(loaded.config),
+        },
+        "tokenizer": {
+            "source": str(path),
+            "vocab_size": tok.vocab_size,
+            "bos_id": tok.bos_id,
+            "eos_id": tok.eos_id,
+            "pad_id": tok.pad_id,
+        },
+    }
+
+
 def check_replaceable(directory: str | pathlib.Path, key: str = "model.nemo_path") -> None:
     """Refuses a destination that holds something other than a prompt model (which would be
     deleted to make room): absent or a ptlearn prompt model only."""
