@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 from bench_vs_peft import PEER_MODEL, PEER_SCRIPT, convert_model, ensure_eval_text  # noqa: E402
 
-from ptlearn import generate, gpt  # noqa: E402
+from ptlearn import generate, gpt, serving  # noqa: E402
 from ptlearn.checkpoints import default_model_path, load_model  # noqa: E402
 
 INIT_TEXT = "Answer the following question truthfully and concisely:"  # bench_peft.py's default
@@ -59,7 +59,7 @@ def ptlearn_tokens(
     Returns (tokens [B, N], lengths [B] with the EOS included, the EOS id)."""
     loaded = load_model("default", dtype=dtype)
     config = loaded.config.replace(dtype="float32", param_dtype=dtype, matmul_dtype=dtype)
-    config, params = gpt.serving_layout(config, loaded.params)
+    config, params = serving.serving_layout(config, loaded.params)
     params = jax.device_put(params)
     init_ids = loaded.tokenizer.encode(INIT_TEXT)
     virtual = np.resize(np.asarray(init_ids), 10)  # PEFT's TEXT init: repeat, then cut

@@ -49,7 +49,8 @@ from ptlearn import (
 from ptlearn.checkpoints import load_model
 from ptlearn.data import batching
 from ptlearn.errors import ConfigError, PtlearnError
-from ptlearn.gpt import GPT, serving_layout
+from ptlearn.gpt import GPT
+from ptlearn.serving import serving_layout
 
 MODES = ("forward", "prompt", "ptune-mlp", "ptune-lstm", "generate")
 DTYPES = {"float32": "32", "bfloat16": "bf16"}  # --dtype -> trainer.precision

@@ -315,12 +315,12 @@ def pack_params(params: Any) -> Any:
 
     def pack(a: Any) -> Any:
         a = np.asarray(a)
-        return a.view(np.uint16) if _is_16bit_float(a.dtype) else a
+        return a.view(np.uint16) if is_16bit_float(a.dtype) else a
 
     return {**params, "layers": jax.tree.map(pack, params["layers"])}
 
 
-def _is_16bit_float(dtype: Any) -> bool:
+def is_16bit_float(dtype: Any) -> bool:
     return jnp.issubdtype(dtype, jnp.floating) and jnp.dtype(dtype).itemsize == 2
 
 
@@ -490,52 +490,6 @@ def init_cache(config: GPTConfig, batch: int, length: int, dtype: Any = None) ->
 def cache_length(cache: Cache) -> int:
     """Key slots S of a cache in either layout."""
     return (cache[0] if isinstance(cache, list) else cache)["k"].shape[-3]
-
-
-def unstack_layers(config: GPTConfig, params: Any) -> tuple[GPTConfig, Any]:
-    """(config, params under "params") with scanned layers -> the unrolled layout.
-
-    The `layers` stack [L, ...] becomes "blocks_0".."blocks_{L-1}" (numpy views for host arrays;
-    uint16 bits become `param_dtype` floats again). Inputs already unrolled pass through.
-    """
-    if not config.scan_layers:
-        return config, params
-
-    def floats(a: Any) -> Any:
-        if isinstance(a, np.ndarray) and a.dtype == np.uint16:
-            return a.view(jnp.dtype(config.param_dtype))
-        return layers.weight(a, config.param_dtype)
-
-    stack = jax.tree.map(floats, params["layers"])
-    unrolled = {k: v for k, v in params.items() if k != "layers"}
-    for i in range(config.num_layers):
-        unrolled[f"blocks_{i}"] = jax.tree.map(lambda a, i=i: a[i], stack)
-    return config.replace(scan_layers=False), unrolled
-
-
-def _kernels_out_first(tree: dict, name: str = "") -> dict:
-    """Every "kernel" [*in, *out] -> [*out, *in] (attention's "out" contracts two axes)."""
-    if "kernel" in tree and not isinstance(tree["kernel"], dict):
-        kernel, in_dims = tree["kernel"], 2 if name == "out" else 1
-        xp = np if isinstance(kernel, np.ndarray) else jnp
-        return {**tree, "kernel": xp.moveaxis(kernel, range(in_dims), range(-in_dims, 0))}
-    return {k: _kernels_out_first(v, k) if isinstance(v, dict) else v for k, v in tree.items()}
-
-
-def serving_layout(config: GPTConfig, params: Any) -> tuple[GPTConfig, Any]:
-    """(config, params under "params") -> the layout that decodes fastest: unrolled layers
-    (`unstack_layers`) and, for 16-bit weights, kernels stored out-first
-    (`GPTConfig.kernels_out_first`).
-
-    Measured on the default model, 64 greedy tokens for 8 rows: bf16 unrolled 2.43 s, with
-    out-first kernels 2.06 s; float32 out-first is slower (3.91 -> 5.97 s), so it stays
-    in-first. Host (numpy) leaves stay on the host; the transposes are copied once, by
-    device_put. Inputs already in the serving layout pass through.
-    """
-    config, params = unstack_layers(config, params)
-    if config.kernels_out_first or not _is_16bit_float(config.param_dtype):
-        return config, params
-    return config.replace(kernels_out_first=True), _kernels_out_first(params)
 
 
 def init_params(config: GPTConfig, rng: jax.Array) -> Any:

@@ -87,7 +87,7 @@ def cmd_score(args: Any) -> dict:
 def cmd_generate(args: Any) -> dict:
     """Continuation of --prompt."""
     from ptlearn.generate import Sampling, generate
-    from ptlearn.gpt import serving_layout
+    from ptlearn.serving import serving_layout
 
     loaded = _load(args.model)
     tokenizer = loaded.tokenizer

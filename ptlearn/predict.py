@@ -28,7 +28,8 @@ from ptlearn.data import batching, sources
 from ptlearn.errors import CheckpointError, PtlearnError
 from ptlearn.files import write_text_atomic
 from ptlearn.generate import Sampling, decode, gather_rows, generate
-from ptlearn.gpt import GPT, GPTConfig, serving_layout
+from ptlearn.gpt import GPT, GPTConfig
+from ptlearn.serving import serving_layout
 
 logger = logging.getLogger(__name__)
 

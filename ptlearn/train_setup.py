@@ -16,7 +16,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from ptlearn import config_lib, deep_prompts, numerics, prompts, sharding, templates
+from ptlearn import (
+    config_lib,
+    deep_prompts,
+    numerics,
+    prompt_encoders,
+    prompts,
+    sharding,
+    templates,
+)
 from ptlearn.checkpoints import file_checksum, load_model, resolve_model
 from ptlearn.checkpoints.prompt_model import PromptModel, load_prompt_model
 from ptlearn.data import sources
@@ -41,7 +49,7 @@ class Setup:
     new_tasks: list[str]
     templates: dict[str, templates.TaskTemplate]
     restored: PromptModel | None
-    encoder_config: prompts.EncoderConfig | None
+    encoder_config: prompt_encoders.EncoderConfig | None
     train_examples: list[templates.EncodedExample]
     val_examples: list[templates.EncodedExample]
     val_records: list[tuple[int, dict]]
@@ -216,7 +224,7 @@ def _check_tasks(records: list[tuple[str, int, dict]], allowed: Sequence[str], w
             )
 
 
-def _check_encoder_fits(encoder: prompts.EncoderConfig | None, m: Any) -> None:
+def _check_encoder_fits(encoder: prompt_encoders.EncoderConfig | None, m: Any) -> None:
     """Refuses an encoder whose float32 training state (weights, gradients, two Adam moments)
     would take more than half this machine's memory, before anything is allocated."""
     if encoder is None:
@@ -238,7 +246,7 @@ def _check_encoder_fits(encoder: prompts.EncoderConfig | None, m: Any) -> None:
         )
 
 
-def encoder_config_from(model_cfg: Any, base: Any) -> prompts.EncoderConfig | None:
+def encoder_config_from(model_cfg: Any, base: Any) -> prompt_encoders.EncoderConfig | None:
     """The prompt encoder of the run, for the base model's GPTConfig `base`: p-tuning's
     (`model.p_tuning.*`), or the deep prompts' projection (`model.prefix_tuning.*`: an MLP
     from each virtual token's input [E] to its keys and values [L, 2, K, D]); None for styles
@@ -246,7 +254,7 @@ def encoder_config_from(model_cfg: Any, base: Any) -> prompts.EncoderConfig | No
     style = model_cfg.virtual_prompt_style
     if style == "p-tuning":
         p = model_cfg.p_tuning
-        return prompts.EncoderConfig(
+        return prompt_encoders.EncoderConfig(
             encoder_type=p.encoder_type,
             embed_dim=base.hidden_size,
             num_layers=p.num_layers,
@@ -257,7 +265,7 @@ def encoder_config_from(model_cfg: Any, base: Any) -> prompts.EncoderConfig | No
     if style in config_lib.DEEP_PROMPT_STYLES and model_cfg.prefix_tuning.projection:
         d = model_cfg.prefix_tuning
         shape = deep_prompts.row_shape(base)
-        return prompts.EncoderConfig(
+        return prompt_encoders.EncoderConfig(
             encoder_type="mlp",
             embed_dim=int(np.prod(shape)),
             encoder_hidden=d.projection_hidden,

@@ -8,7 +8,7 @@ import pytest
 from tiny_model import sharp_attention
 
 from ptlearn import generate as gen
-from ptlearn import gpt
+from ptlearn import gpt, serving
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_bad_options():
 @pytest.mark.parametrize("scan_layers", [True, False])
 def test_prefix_cache_continues_like_the_whole_prompt(tiny, scan_layers):
     config, params = tiny[0], sharp_attention(tiny[1])
-    config, params = (config, params) if scan_layers else gpt.unstack_layers(config, params)
+    config, params = (config, params) if scan_layers else serving.unstack_layers(config, params)
     rng = np.random.default_rng(3)
     prefixes = [rng.integers(1, 256, n).tolist() for n in (4, 6)]  # two "tasks"
     rows = [(0, [7, 8, 9]), (1, [10, 11, 12, 13, 14]), (0, [15]), (1, [16, 17])]

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ptlearn import gpt
+from ptlearn import gpt, serving
 
 
 def _model(name, **changes):
@@ -149,24 +149,24 @@ def test_serving_layout_computes_what_the_training_layout_computes(variant):
     config = gpt.VARIANTS[variant].replace(tie_embeddings=variant == "test", param_dtype="bfloat16")
     ids = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (2, 9)))
     params = jax.device_get(nn.unbox(gpt.init_params(config, jax.random.key(0)))["params"])
-    serving_config, serving = gpt.serving_layout(config, gpt.pack_params(params))
+    serving_config, served = serving.serving_layout(config, gpt.pack_params(params))
     assert serving_config.kernels_out_first and not serving_config.scan_layers
-    # The serving model's own init has the same shapes, so a fresh serving tree loads as is.
+    # The served model's own init has the same shapes, so a fresh served tree loads as is.
     fresh = nn.unbox(gpt.init_params(serving_config, jax.random.key(0)))["params"]
-    assert jax.tree.map(np.shape, fresh) == jax.tree.map(np.shape, serving)
-    out = serving["blocks_1"]["attn"]["out"]["kernel"]
+    assert jax.tree.map(np.shape, fresh) == jax.tree.map(np.shape, served)
+    out = served["blocks_1"]["attn"]["out"]["kernel"]
     assert out.shape == (config.hidden_size, config.num_heads, config.head_dim)
     np.testing.assert_array_equal(
         out, params["layers"]["attn"]["out"]["kernel"][1].transpose(2, 0, 1)
     )
     np.testing.assert_allclose(
-        gpt.GPT(serving_config).apply({"params": serving}, ids)[0],
+        gpt.GPT(serving_config).apply({"params": served}, ids)[0],
         gpt.GPT(config).apply({"params": params}, ids)[0],
         atol=1e-5,
     )
-    assert gpt.serving_layout(serving_config, serving)[1] is serving  # already serving
+    assert serving.serving_layout(serving_config, served)[1] is served  # already served
     # float32 weights stay in-first (XLA:CPU's float32 few-row dots are slower out-first).
-    wide_config, _ = gpt.serving_layout(config.replace(param_dtype="float32"), params)
+    wide_config, _ = serving.serving_layout(config.replace(param_dtype="float32"), params)
     assert not wide_config.kernels_out_first and not wide_config.scan_layers
 
 
@@ -176,7 +176,7 @@ def test_unrolled_layers_compute_what_the_scan_computes(param_dtype):
     ids = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (2, 9)))
     params = jax.device_get(nn.unbox(gpt.init_params(config, jax.random.key(0)))["params"])
     stacked = gpt.pack_params(params) if param_dtype == "bfloat16" else params
-    flat_config, flat = gpt.unstack_layers(config, stacked)
+    flat_config, flat = serving.unstack_layers(config, stacked)
     assert not flat_config.scan_layers and "layers" not in flat
     assert sorted(k for k in flat if k.startswith("blocks_")) == ["blocks_0", "blocks_1"]
     assert {x.dtype for x in jax.tree.leaves(flat["blocks_1"])} == {np.dtype(param_dtype)}

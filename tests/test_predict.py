@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tiny_model import sharp_attention
 
-from ptlearn import config_lib, deep_prompts, gpt, predict, prefix_caches
+from ptlearn import config_lib, deep_prompts, gpt, predict, prefix_caches, serving
 from ptlearn.templates import VIRTUAL_FILL_ID, EncodedExample
 
 
@@ -55,7 +55,7 @@ def test_answers_with_prefix_caches_equal_the_whole_prompt(monkeypatch, scan_lay
     params = sharp_attention(params)
     row = deep_prompts.row_shape(config) if deep else (config.hidden_size,)
     if not scan_layers:
-        config, params = gpt.unstack_layers(config, params)
+        config, params = serving.unstack_layers(config, params)
     tables = np.random.default_rng(0).normal(0, 1, (2, 4, *row)).astype(np.float32)
     lm = predict.PromptedLM(
         config=config,

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ptlearn import prompts
+from ptlearn import prompt_encoders, prompts
 from ptlearn.errors import ConfigError
 
 E = 16
@@ -18,8 +18,8 @@ def embedding_table() -> jax.Array:
     return 0.02 * jax.random.normal(jax.random.key(0), (V, E))
 
 
-def _config(encoder_type: str, dropout: float = 0.0) -> prompts.EncoderConfig:
-    return prompts.EncoderConfig(
+def _config(encoder_type: str, dropout: float = 0.0) -> prompt_encoders.EncoderConfig:
+    return prompt_encoders.EncoderConfig(
         encoder_type, E, num_layers=2, encoder_hidden=8, dropout=dropout, init_std=0.5
     )
 
@@ -141,14 +141,14 @@ def test_init_prompt_tuning_tables_per_task_with_axes(embedding_table):
 
 def test_encoder_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="model.p_tuning.encoder_type='gru'"):
-        prompts.EncoderConfig("gru", E)
+        prompt_encoders.EncoderConfig("gru", E)
     with pytest.raises(ConfigError, match="model.p_tuning.num_layers"):
-        prompts.EncoderConfig("mlp", E, num_layers=1)
+        prompt_encoders.EncoderConfig("mlp", E, num_layers=1)
     with pytest.raises(ConfigError, match="model.p_tuning.dropout"):
-        prompts.EncoderConfig("lstm", E, dropout=1.0)
+        prompt_encoders.EncoderConfig("lstm", E, dropout=1.0)
 
 
-@pytest.mark.parametrize("encoder_type", prompts.ENCODER_TYPES)
+@pytest.mark.parametrize("encoder_type", prompt_encoders.ENCODER_TYPES)
 def test_encoder(encoder_type):
     config = _config(encoder_type, dropout=0.3)
     params = prompts.init_p_tuning(config, {"a": 3, "b": 5}, jax.random.key(0))
@@ -189,7 +189,9 @@ def test_encoder(encoder_type):
     assert not np.allclose(train1, train2)
 
     # The encoder output equals running the module on the task's inputs alone.
-    direct = prompts.PromptEncoder(config).apply({"params": plain["encoder"]}, plain["inputs"]["b"])
+    direct = prompt_encoders.PromptEncoder(config).apply(
+        {"params": plain["encoder"]}, plain["inputs"]["b"]
+    )
     np.testing.assert_allclose(np.asarray(out[1]), np.asarray(direct), rtol=1e-6, atol=1e-6)
 
     # Gradient flows to both tasks' inputs and to every encoder parameter.

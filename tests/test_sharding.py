@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from ptlearn import gpt, prompts, sharding
+from ptlearn import gpt, prompt_encoders, prompts, sharding
 from ptlearn.errors import ConfigError
 
 # ------------------------------------------------------------------------------------------
@@ -227,7 +227,7 @@ def test_explicit_axes_tree_for_unboxed_params():
 
 def test_prompt_parameter_specs():
     mesh = sharding.make_mesh(2)
-    tp = prompts.EncoderConfig("tpmlp", 64, encoder_hidden=32)
+    tp = prompt_encoders.EncoderConfig("tpmlp", 64, encoder_hidden=32)
     boxed = jax.eval_shape(lambda: prompts.init_p_tuning(tp, {"a": 3}, jax.random.key(0)))
     specs = {
         p: s.spec
@@ -241,7 +241,7 @@ def test_prompt_parameter_specs():
         "encoder/second/bias": P(None),
     }
     # Square kernels name one logical axis twice; they stay replicated instead of failing.
-    lstm = prompts.EncoderConfig("lstm", 64, encoder_hidden=32)
+    lstm = prompt_encoders.EncoderConfig("lstm", 64, encoder_hidden=32)
     boxed = jax.eval_shape(lambda: prompts.init_p_tuning(lstm, {"a": 3}, jax.random.key(0)))
     specs = _flat(sharding.shardings_for(boxed, mesh, sharding.DEFAULT_RULES))
     assert all(s.spec == P(*([None] * len(s.spec))) for s in specs.values())
