@@ -10,15 +10,12 @@ state (by val_loss) is frozen into per-task prompt tables: `W/prompt_model/`.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
 import pathlib
 import signal
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -32,7 +29,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 from ptlearn import (
     config_lib,
     distributed,
-    evaluation,
     files,
     gpt,
     masking,
@@ -44,15 +40,16 @@ from ptlearn import (
 )
 from ptlearn.checkpoints.prompt_model import check_replaceable
 from ptlearn.checkpoints.train_state import TrainCheckpoints
-from ptlearn.data import batching
-from ptlearn.errors import ConfigError, DataError, TrainingError
+from ptlearn.errors import ConfigError
 from ptlearn.evaluation import (
     frozen_tables,
     validate_loss,
     validate_tasks,
     write_prompt_model,
 )
+from ptlearn.run_guards import Interrupted, check_finite, stop_error, stop_signals
 from ptlearn.run_log import RunLog
+from ptlearn.train_batches import Batches, total_steps, validation_interval
 from ptlearn.train_setup import Setup, init_prompt_params, setup
 
 __all__ = ["Setup", "init_prompt_params", "init_state", "setup", "train_and_evaluate"]
@@ -234,79 +231,6 @@ def make_eval_step(s: Setup):
 # The run
 
 
-def _steps_per_epoch(s: Setup) -> int:
-    global_batch = s.config.model.global_batch_size
-    count = len(s.train_examples) // global_batch
-    if count == 0:
-        raise DataError(
-            f"model.data.train_ds: {len(s.train_examples)} usable examples, fewer than one "
-            f"global batch of {global_batch}; add data or lower model.global_batch_size"
-        )
-    return count
-
-
-def validation_interval(s: Setup) -> int:
-    """Steps between validations: trainer.val_check_interval, or trainer.val_check_epochs of
-    an epoch when that is set (at least one step)."""
-    trainer = s.config.trainer
-    if trainer.val_check_epochs > 0:
-        return max(1, round(trainer.val_check_epochs * _steps_per_epoch(s)))
-    return int(trainer.val_check_interval)
-
-
-def total_steps(s: Setup) -> int:
-    """trainer.max_steps (0: none, only the initial prompt is scored), or max_epochs worth of
-    whole global batches."""
-    if s.config.trainer.max_steps >= 0:
-        return int(s.config.trainer.max_steps)
-    return int(s.config.trainer.max_epochs) * _steps_per_epoch(s)
-
-
-class Batches:
-    """The global batch at any (epoch, index): a pure function of seed and position."""
-
-    def __init__(self, s: Setup):
-        self.s = s
-        self.task_index = {t: i for i, t in enumerate(s.task_names)}
-        self.lengths = [len(e.ids) for e in s.train_examples]
-        self.per_epoch = _steps_per_epoch(s)
-        self._epoch: int | None = None
-        self._order: list[np.ndarray] = []
-        self.batch_sharding = sharding.batch_sharding(s.mesh, s.rules, micro_batched=True)
-        self.row_sharding = sharding.batch_sharding(s.mesh, s.rules)
-
-    def get(self, epoch: int, index: int) -> dict[str, jax.Array]:
-        """Global batch arrays [A, M, ...] on the mesh; this process collates only its rows."""
-        m = self.s.config.model
-        if epoch != self._epoch:
-            self._order = batching.epoch_batches(
-                self.lengths,
-                m.global_batch_size,
-                seed=m.data.seed,
-                epoch=epoch,
-                shuffle=m.data.shuffle,
-            )
-            self._epoch = epoch
-        order = self._order[index]
-        grid = order.reshape(self.s.accumulation, -1)  # [A, M]: micro-batches of the step
-        rows = distributed.process_batch_slice(grid.shape[1], sharding=self.row_sharding)
-        examples = [self.s.train_examples[i] for i in order]
-        # Shapes come from the whole global batch, so every process builds the same ones.
-        length, num_targets = batching.batch_shape(examples, m.max_seq_length)
-        local = grid[:, rows]
-        batch = batching.collate(
-            [self.s.train_examples[i] for i in local.reshape(-1)],
-            self.task_index,
-            batch_size=local.size,
-            max_length=m.max_seq_length,
-            pad_id=evaluation.pad_id(self.s),
-            length=length,
-            num_targets=num_targets,
-        )
-        batch = batching.split_micro_batches(batch, self.s.accumulation)
-        return distributed.host_local_to_global(batch, self.s.mesh, self.batch_sharding)
-
-
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
 ) -> runs.Run:
@@ -375,42 +299,11 @@ def _train_and_evaluate(config, workdir_path, allow_config_change) -> runs.Run:
         checkpoints.close()
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM or SIGINT arrived (preemption under SLURM / Kubernetes, Ctrl-C): the state at
-    `step` is checkpointed and the run stops; rerunning it resumes from there."""
-
-    def __init__(self, signum: int, step: int):
-        self.signum, self.step = signum, step
-        name = signal.Signals(signum).name
-        super().__init__(
-            f"{name} at step {step}: checkpoint saved; rerun the same command to resume"
-        )
-
-
-@contextlib.contextmanager
-def _stop_signals() -> Iterator[list[int]]:
-    """Collects SIGTERM / SIGINT while training instead of dying mid-step (main thread only:
-    Python delivers signals there)."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    previous = {
-        signum: signal.signal(signum, lambda number, _: received.append(number))
-        for signum in (signal.SIGTERM, signal.SIGINT)
-    }
-    try:
-        yield received
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
 def _train_loop(s, state, frozen, tx, schedule, checkpoints, log, steps):
     """Steps from the state's position to `steps` (or the time limit); returns the last state,
     its step and why it stopped early (None when it ran to `steps`). SIGTERM / SIGINT save the
     state and raise Interrupted."""
-    with _stop_signals() as received:
+    with stop_signals() as received:
         return _steps(s, state, frozen, tx, schedule, checkpoints, log, steps, received)
 
 
@@ -440,7 +333,7 @@ def _steps(s, state, frozen, tx, schedule, checkpoints, log, steps, received):
         validating = step % interval == 0 or step == steps or timed_out
         if step % trainer.log_every_n_steps == 0 or step == steps or timed_out:
             fetched = distributed.to_host(pending)
-            _check_finite(s, fetched, step - len(fetched) + 1, checkpoints)
+            check_finite(s, fetched, step - len(fetched) + 1, checkpoints)
             values = _step_log(fetched, time.time() - window_start)
             values.update(lr=float(schedule(step - 1)), epoch=epoch)
             log.write(step, values)
@@ -449,7 +342,7 @@ def _steps(s, state, frozen, tx, schedule, checkpoints, log, steps, received):
         if validating:
             # Checked before a checkpoint can hold them (kept, now on the host, for the log).
             pending = distributed.to_host(pending)
-            _check_finite(s, pending, step - len(pending) + 1, checkpoints)
+            check_finite(s, pending, step - len(pending) + 1, checkpoints)
             _validate_and_save(s, state, frozen, eval_step, checkpoints, log, step)
             window_start = time.time()  # validation time is not training throughput
         if received:
@@ -467,28 +360,6 @@ def _steps(s, state, frozen, tx, schedule, checkpoints, log, steps, received):
             log.write(step, {"stopped": "max_time_minutes", "max_steps": steps})
             return state, step, "max_time_minutes"
     return state, step, None
-
-
-def _stop(s: Setup, step: int, what: str, checkpoints: TrainCheckpoints) -> TrainingError:
-    last = checkpoints.latest_step()
-    o = s.config.model.optim
-    return TrainingError(
-        f"step {step}: {what}; the run stops without saving it (last good checkpoint: "
-        + (f"step {last}" if last is not None else "none")
-        + f"). Lower model.optim.lr (now {o.lr}) or set trainer.gradient_clip_val (now "
-        f"{s.config.trainer.gradient_clip_val}), then rerun: it resumes from that checkpoint"
-        + (" (with --allow_config_change)" if last is not None else "")
-    )
-
-
-def _check_finite(s: Setup, fetched: list[dict], first_step: int, checkpoints) -> None:
-    """Stops the run at the first step whose loss or gradient norm is not finite."""
-    for offset, stats in enumerate(fetched):
-        for key in ("loss", "grad_norm"):
-            if not np.isfinite(float(stats[key])):
-                raise _stop(
-                    s, first_step + offset, f"the {key} is {float(stats[key])}", checkpoints
-                )
 
 
 def _step_log(fetched: list[dict], elapsed: float) -> dict[str, float]:
@@ -517,7 +388,7 @@ def _validate_and_save(s, state, frozen, eval_step, checkpoints, log, step) -> N
         logger.info("step %d: %s", step, {k: round(v, 4) for k, v in values.items()})
     bad = [k for k, v in values.items() if not np.isfinite(float(v))]
     if bad:  # never a checkpoint, let alone the best one, with a non-finite validation
-        raise _stop(s, step, f"{bad[0]} is {values[bad[0]]}", checkpoints)
+        raise stop_error(s, step, f"{bad[0]} is {values[bad[0]]}", checkpoints)
     checkpoints.save(step, state, {k: float(v) for k, v in values.items()} or None)
 
 
