@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from ptlearn import config_lib, numerics
+from ptlearn import config_lib, numerics, recipes
 
 
 @dataclasses.dataclass
@@ -15,7 +15,7 @@ class _Device:
 
 def _auto_config():
     config = config_lib.base_config()
-    config_lib.fastest_numerics(config)
+    recipes.fastest_numerics(config)
     return config
 
 

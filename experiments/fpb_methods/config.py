@@ -26,7 +26,7 @@ import pathlib
 
 import numpy as np
 
-from ptlearn import config_lib
+from ptlearn import config_lib, recipes
 
 PROMPT_INITS = ("text", "random", "vocab", "labels")
 ENCODERS = ("mlp", "lstm", "biglstm", "tpmlp")
@@ -74,7 +74,7 @@ def get_config(arg=None):
     with config.unlocked():
         config.trainer.max_steps = 400
         config.trainer.val_check_interval = 100
-        config_lib.fast_cpu_training(config)
+        recipes.fast_cpu_training(config)
         config.model.data.validation_metric_examples = 0
         if untrained:
             shots = int(method.split("-")[2]) if method.startswith("in-context") else 0

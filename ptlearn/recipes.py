@@ -1,0 +1,103 @@
+"""The seed applications (SPEC sections 2-3) as config pieces the shipped configs combine: each
+task's reference template and data folder, the CPU training recipe, the numerics, the seeds.
+config_lib.py owns the config's keys; this module fills them in."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from ptlearn.config_lib import AUTO, base_config, task_template
+
+# The seed applications' templates (SPEC sections 2-3); configs pick from these.
+VIRTUAL_MARKER = "<|VIRTUAL_PROMPT_0|>"
+REFERENCE_TASKS = {
+    "sentiment": dict(
+        prompt_template="<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
+        answer_field="label",
+        data="data/fpb",
+        tokens_to_generate=4,
+    ),
+    "squad": dict(
+        prompt_template="<|VIRTUAL_PROMPT_0|> Context: {context}\n\nQuestion: {question}\n\nAnswer: {answer}",
+        answer_field="answer",
+        truncate_field="context",
+        data="data/squad",
+        tokens_to_generate=24,
+    ),
+    "intent_and_slot": dict(
+        prompt_template="<|VIRTUAL_PROMPT_0|> {utterance}{label}",
+        answer_field="label",
+        data="data/assistant",
+        tokens_to_generate=40,
+    ),
+}
+
+
+def reference_task(
+    taskname: str, virtual_tokens: int = 10, data_dir: str | None = None
+) -> tuple[ml_collections.ConfigDict, dict[str, str]]:
+    """(template entry, {"train", "validation", "test"} jsonl paths) of a seed application;
+    with `virtual_tokens=0` its template without the virtual marker (zero-shot, in-context)."""
+    spec = REFERENCE_TASKS[taskname]
+    text = spec["prompt_template"]
+    if not virtual_tokens:
+        text = text.replace(VIRTUAL_MARKER + " ", "")
+    template = task_template(
+        taskname,
+        text,
+        total_virtual_tokens=virtual_tokens,
+        virtual_token_splits=(virtual_tokens,) if virtual_tokens else (),
+        answer_field=spec["answer_field"],
+        truncate_field=spec.get("truncate_field"),
+    )
+    folder = data_dir or spec["data"]
+    files = {
+        k: f"{folder}/{name}.jsonl"
+        for k, name in (("train", "train"), ("validation", "val"), ("test", "test"))
+    }
+    return template, files
+
+
+def fast_cpu_training(config: ml_collections.ConfigDict) -> None:
+    """The fastest CPU training of the frozen model (README, Benchmarks): bf16 matmuls on bf16
+    frozen weights, each block recomputed in the backward pass; prompts and optimizer stay
+    float32. It kept FPB accuracy (experiments/results/fpb_sentiment.md)."""
+    config.trainer.precision = "bf16"
+    config.model.frozen_weights_dtype = "bfloat16"
+    config.model.activations_checkpoint_granularity = "full"
+
+
+def fastest_numerics(config: ml_collections.ConfigDict) -> None:
+    """Precision, frozen-weight storage and remat all "auto": what the shipped configs use, the
+    fastest that kept accuracy on the run's devices (ptlearn/numerics.py says what and why)."""
+    config.trainer.precision = AUTO
+    config.model.frozen_weights_dtype = AUTO
+    config.model.activations_checkpoint_granularity = AUTO
+
+
+def set_seed(config: ml_collections.ConfigDict, seed: int) -> None:
+    """The configs' `seed=N` argument: prompt init / dropout and data order both from `seed`."""
+    config.model.seed = seed
+    config.model.data.seed = seed
+
+
+def single_task_config(
+    taskname: str, style: str, args: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
+    """base_config() set up to train one seed application; `args` are the config's parsed
+    arguments `model`, `data` (the jsonl folder), `steps`, `virtual` and `seed`."""
+    c = base_config()
+    set_seed(c, args.seed)
+    template, files = reference_task(taskname, args.virtual, args.data)
+    steps = args.steps
+    c.model.language_model_path = args.model
+    c.model.virtual_prompt_style = style
+    c.model.new_tasks = (taskname,)
+    c.model.task_templates = (template,)
+    c.model.data.train_ds = (files["train"],)
+    c.model.data.validation_ds = (files["validation"],)
+    c.model.data.test_ds = (files["test"],)
+    c.trainer.max_steps = steps
+    c.inference.tokens_to_generate = REFERENCE_TASKS[taskname]["tokens_to_generate"]
+    fastest_numerics(c)
+    return c
