@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptlearn import layers
+from ptlearn import layers, lowp
 
 # Scanned layers: {"k", "v"}: [L, B, S, K, D]; unrolled: one {"k", "v"}: [B, S, K, D] per layer.
 Cache = dict[str, jax.Array] | list[dict[str, jax.Array]]
@@ -138,13 +138,11 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.save_from_both_policies(
         jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-        jax.checkpoint_policies.save_only_these_names(layers.WEIGHT_MATMUL),
+        jax.checkpoint_policies.save_only_these_names(lowp.WEIGHT_MATMUL),
     ),
     "dots_all": jax.checkpoint_policies.save_from_both_policies(
         jax.checkpoint_policies.dots_saveable,
-        jax.checkpoint_policies.save_only_these_names(
-            layers.WEIGHT_MATMUL, layers.ACTIVATION_MATMUL
-        ),
+        jax.checkpoint_policies.save_only_these_names(lowp.WEIGHT_MATMUL, lowp.ACTIVATION_MATMUL),
     ),
 }
 
@@ -301,9 +299,9 @@ class Block(nn.Module):
 
 
 def _bits_of(tree: Any) -> Any:
-    """16-bit float leaves -> uint16 with the same bits (`layers.bits`): the scanned stack is
-    then sliced as is, and `layers.weight` / `layers.matmul` read floats inside each block."""
-    return jax.tree.map(layers.bits, tree)
+    """16-bit float leaves -> uint16 with the same bits (`lowp.bits`): the scanned stack is
+    then sliced as is, and `lowp.weight` / `lowp.matmul` read floats inside each block."""
+    return jax.tree.map(lowp.bits, tree)
 
 
 def pack_params(params: Any) -> Any:
@@ -326,7 +324,7 @@ def is_16bit_float(dtype: Any) -> bool:
 
 def _floats_of(dtype: str) -> Any:
     """The inverse of `_bits_of` for parameters stored in `dtype` (init stores floats)."""
-    return lambda tree: jax.tree.map(lambda a: layers.weight(a, dtype), tree)
+    return lambda tree: jax.tree.map(lambda a: lowp.weight(a, dtype), tree)
 
 
 class GPT(nn.Module):
@@ -379,7 +377,7 @@ class GPT(nn.Module):
             length=c.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        if jnp.dtype(c.param_dtype).itemsize == 2:  # blocks get uint16 bits (layers.weight)
+        if jnp.dtype(c.param_dtype).itemsize == 2:  # blocks get uint16 bits (lowp.weight)
             stack = nn.map_variables(
                 stack, "params", _bits_of, _floats_of(c.param_dtype), init=self.is_initializing()
             )

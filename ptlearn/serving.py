@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptlearn import layers
+from ptlearn import lowp
 from ptlearn.gpt import GPTConfig, is_16bit_float
 
 
@@ -25,7 +25,7 @@ def unstack_layers(config: GPTConfig, params: Any) -> tuple[GPTConfig, Any]:
     def floats(a: Any) -> Any:
         if isinstance(a, np.ndarray) and a.dtype == np.uint16:
             return a.view(jnp.dtype(config.param_dtype))
-        return layers.weight(a, config.param_dtype)
+        return lowp.weight(a, config.param_dtype)
 
     stack = jax.tree.map(floats, params["layers"])
     unrolled = {k: v for k, v in params.items() if k != "layers"}

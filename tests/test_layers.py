@@ -1,11 +1,11 @@
-"""layers.matmul: the low-precision path and its backward, and uint16 weight bits."""
+"""lowp.matmul: the low-precision path and its backward, and uint16 weight bits."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ptlearn import layers
+from ptlearn import layers, lowp
 
 
 def _reference(x, kernel, in_dims, dtype):
@@ -37,7 +37,7 @@ def test_bfloat16_matmul_matches_rounded_inputs_and_its_gradients(in_dims):
     kernel = jnp.asarray(rng.normal(size=(4, 6, 7)[2 - in_dims :]), jnp.float32)
 
     def ours(x, k):
-        return layers.matmul(x, k, in_dims, "bfloat16", jnp.float32)
+        return lowp.matmul(x, k, in_dims, "bfloat16", jnp.float32)
 
     def ref(x, k):
         return _reference(x, k, in_dims, jnp.bfloat16)
@@ -50,10 +50,10 @@ def test_transposed_kernel_is_the_tied_head():
     x = jnp.asarray(rng.normal(size=(3, 8)), jnp.float32)
     table = jnp.asarray(rng.normal(size=(11, 8)), jnp.float32)
     for dtype in ("float32", "bfloat16"):
-        out = layers.matmul(x, table, 1, dtype, jnp.float32, transpose_kernel=True)
+        out = lowp.matmul(x, table, 1, dtype, jnp.float32, transpose_kernel=True)
         np.testing.assert_allclose(out, _reference(x, table.T, 1, dtype), rtol=1e-5, atol=1e-5)
     grad = jax.grad(
-        lambda x: layers.matmul(x, table, 1, "bfloat16", jnp.float32, transpose_kernel=True).sum()
+        lambda x: lowp.matmul(x, table, 1, "bfloat16", jnp.float32, transpose_kernel=True).sum()
     )(x)
     expected = table.astype(jnp.bfloat16).astype(jnp.float32).sum(0)
     np.testing.assert_allclose(grad, jnp.broadcast_to(expected, x.shape), rtol=1e-2)
@@ -66,7 +66,7 @@ def test_out_first_kernel_computes_the_in_first_product(in_dims, dtype):
     x = jnp.asarray(rng.normal(size=(2, 5, 4, 6)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(4, 6, 3, 7)[2 - in_dims :]), jnp.float32)
     out_first = jnp.moveaxis(kernel, range(in_dims), range(-in_dims, 0))  # [*out, *in]
-    out = layers.matmul(x, out_first, in_dims, dtype, jnp.float32, transpose_kernel=True)
+    out = lowp.matmul(x, out_first, in_dims, dtype, jnp.float32, transpose_kernel=True)
     expected = _reference(x, kernel, in_dims, dtype)
     assert out.shape == expected.shape
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
@@ -80,16 +80,14 @@ def test_uint16_bits_of_a_bfloat16_kernel_give_the_same_values_and_input_gradien
     bits = jax.lax.bitcast_convert_type(kernel, jnp.uint16)
 
     def run(k):
-        return layers.matmul(x, k, 1, matmul_dtype, jnp.float32, kernel_dtype="bfloat16")
+        return lowp.matmul(x, k, 1, matmul_dtype, jnp.float32, kernel_dtype="bfloat16")
 
     np.testing.assert_array_equal(run(bits), run(kernel))
     gx_bits = jax.grad(
-        lambda x: layers.matmul(
-            x, bits, 1, matmul_dtype, jnp.float32, kernel_dtype="bfloat16"
-        ).sum()
+        lambda x: lowp.matmul(x, bits, 1, matmul_dtype, jnp.float32, kernel_dtype="bfloat16").sum()
     )(x)
     gx = jax.grad(
-        lambda x: layers.matmul(
+        lambda x: lowp.matmul(
             x, kernel, 1, matmul_dtype, jnp.float32, kernel_dtype="bfloat16"
         ).sum()
     )(x)
@@ -102,7 +100,7 @@ def test_bfloat16_matmul_backward_runs_its_products_in_bfloat16():
     kernel = jnp.ones((32, 8), jnp.bfloat16)
 
     def loss(x):
-        return layers.matmul(x, kernel, 1, "bfloat16", jnp.float32, kernel_dtype="bfloat16").sum()
+        return lowp.matmul(x, kernel, 1, "bfloat16", jnp.float32, kernel_dtype="bfloat16").sum()
 
     hlo = jax.jit(jax.grad(loss)).lower(x).as_text()
     dots = [line for line in hlo.splitlines() if "dot_general" in line and "=" in line]
@@ -118,7 +116,7 @@ def test_bfloat16_einsum_matches_rounded_inputs_and_its_gradients(subscripts):
     b = jnp.asarray(rng.normal(size=[sizes[c] for c in sb]), jnp.float32)
 
     def ours(a, b):
-        return layers.einsum(subscripts, a, b, "bfloat16")
+        return lowp.einsum(subscripts, a, b, "bfloat16")
 
     def ref(a, b):
         rounded = [x.astype(jnp.bfloat16).astype(jnp.float32) for x in (a, b)]
@@ -127,11 +125,11 @@ def test_bfloat16_einsum_matches_rounded_inputs_and_its_gradients(subscripts):
     _matches_rounded_reference(ours, ref, a, b, rng)
     # float32 is the plain einsum, unchanged.
     np.testing.assert_array_equal(
-        layers.einsum(subscripts, a, b, "float32"),
+        lowp.einsum(subscripts, a, b, "float32"),
         jnp.einsum(subscripts, a, b, preferred_element_type=jnp.float32),
     )
     with pytest.raises(ValueError, match="summed within one operand"):
-        layers.einsum("ij,jk->k", a[:3, :6] if a.ndim == 2 else a, b, "bfloat16")
+        lowp.einsum("ij,jk->k", a[:3, :6] if a.ndim == 2 else a, b, "bfloat16")
 
 
 def test_bfloat16_attention_backward_runs_its_products_in_bfloat16():
