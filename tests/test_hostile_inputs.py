@@ -80,3 +80,109 @@ def test_generation_longer_than_the_context_is_refused(tiny):
     config.inference.tokens_to_generate = 10**9
     with pytest.raises(ConfigError, match="inference.tokens_to_generate"):
         config_lib.validate(config)
+
+
+# Python, numpy and the importer's modules; a file that got read whole would add its size.
+RSS_BOUND_MB = 400
+_PEAK_RSS = """
+import resource, sys
+from ptlearn.errors import CheckpointError
+try:
+    {call}
+except CheckpointError as err:
+    print("ERROR", err)
+print("PEAK_MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def _load_in_subprocess(call: str, timeout: float = 60) -> tuple[str, int]:
+    """(the CheckpointError's message, peak RSS in MB) of `call` run in a fresh interpreter."""
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS.format(call=call)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    ).stdout
+    error = next((line[6:] for line in out.splitlines() if line.startswith("ERROR ")), "")
+    return error, int(out.rsplit("PEAK_MB", 1)[1])
+
+
+class _Zeros:
+    """A file object of `n` zero bytes, so a test writes a bomb without holding it."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.left if size < 0 else min(size, self.left)
+        self.left -= size
+        return bytes(size)
+
+
+def test_a_deflated_torch_storage_that_inflates_is_refused_unread(tmp_path):
+    """A torch zip of under 1 MB whose storage member inflates to 512 MiB."""
+    import zipfile
+
+    import torch_format
+
+    numel = 2**27  # float32: 512 MiB
+    tensor = torch_format.StridedTensor(np.zeros(1, np.float32), 0, (numel,), (1,), numel)
+    data_pkl, _ = torch_format.torch_pickle_bytes({"w": tensor})
+    path = tmp_path / "bomb.bin"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        z.writestr("archive/data.pkl", data_pkl)
+        with z.open("archive/data/0", "w") as member:
+            zeros = _Zeros(numel * 4)
+            while chunk := zeros.read(2**24):
+                member.write(chunk)
+    assert path.stat().st_size < 2**20
+    started = time.time()
+    error, peak_mb = _load_in_subprocess(
+        f"from ptlearn.checkpoints import torch_pickle; torch_pickle.load_torch_file({str(path)!r})"
+    )
+    assert "inflates" in error and str(path) in error, error
+    assert peak_mb < RSS_BOUND_MB, peak_mb
+    assert time.time() - started < 30
+
+
+def test_a_nemo_archive_that_inflates_or_outgrows_the_disk_is_refused_unextracted(
+    tmp_path, monkeypatch
+):
+    """A .nemo (tar.gz) of under 1 MB holding a 512 MiB member; then a plain one on a disk
+    that is (made to look) full. Nothing is extracted in either case."""
+    import tarfile
+
+    from ptlearn.checkpoints import archive
+
+    path = tmp_path / "bomb.nemo"
+    with tarfile.open(path, "w:gz", compresslevel=9) as tar:
+        info = tarfile.TarInfo("model_weights.ckpt")
+        info.size = 2**29
+        tar.addfile(info, _Zeros(info.size))
+    assert path.stat().st_size < 2**20
+    started = time.time()
+    error, peak_mb = _load_in_subprocess(
+        "from ptlearn.checkpoints import archive; "
+        f"archive.extract_tar_safely({str(path)!r}, {str(tmp_path / 'out')!r})"
+    )
+    assert "built to fill the disk" in error and str(path) in error, error
+    assert peak_mb < RSS_BOUND_MB, peak_mb
+    assert time.time() - started < 30
+    assert not (tmp_path / "out").exists()
+
+    plain = tmp_path / "plain.nemo"
+    with tarfile.open(plain, "w") as tar:
+        info = tarfile.TarInfo("model_config.yaml")
+        info.size = 1000
+        tar.addfile(info, _Zeros(info.size))
+    monkeypatch.setattr(archive.shutil, "disk_usage", lambda _: shutil_usage(free=10**6))
+    with pytest.raises(CheckpointError, match=r"plain.nemo: extracting needs .* free; free some"):
+        archive.extract_tar_safely(plain, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+
+
+def shutil_usage(free: int):
+    import shutil
+
+    return shutil._ntuple_diskusage(total=10 * free, used=9 * free, free=free)

@@ -12,7 +12,7 @@ import torch_format
 import yaml
 
 from ptlearn import gpt
-from ptlearn.checkpoints import nemo
+from ptlearn.checkpoints import load_model, nemo
 from ptlearn.errors import CheckpointError
 
 IDS = np.random.default_rng(0).integers(0, 256, (2, 11)).astype(np.int32)
@@ -224,3 +224,25 @@ def test_not_a_nemo_file(tmp_path):
         nemo.load(bad)
     with pytest.raises(CheckpointError, match="not found"):
         nemo.load(tmp_path / "absent.nemo")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("num_layers", 10**9, "the config says num_layers=1000000000"),
+        ("hidden_size", 10**9, "tensor shapes do not match the config"),
+        ("num_attention_heads", 0, "tensor shapes do not match the config"),
+    ],
+)
+def test_yaml_sizes_are_checked_against_the_tensors_before_allocating(tmp_path, key, value, says):
+    """A yaml claiming 10^9 layers (or a hidden size no tensor has) fails at once, naming it."""
+    import time
+
+    config = gpt.VARIANTS["test"]
+    write_checkpoint(tmp_path / "ckpt", config, random_params(config), tp=1, mcore=True)
+    cfg = yaml.safe_load((tmp_path / "ckpt" / "model_config.yaml").read_text())
+    (tmp_path / "ckpt" / "model_config.yaml").write_text(yaml.safe_dump({**cfg, key: value}))
+    started = time.time()
+    with pytest.raises(CheckpointError, match=says):
+        load_model(str(tmp_path / "ckpt"))
+    assert time.time() - started < 10

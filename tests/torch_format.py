@@ -45,6 +45,8 @@ class StridedTensor:
     offset: int
     shape: tuple[int, ...]
     stride: tuple[int, ...]
+    # The element count the pickle claims for the storage (a hostile file's lie); default: true.
+    declared_numel: int | None = None
 
     def to_numpy(self) -> np.ndarray:
         """The values this tensor holds, as an ordinary array."""
@@ -102,7 +104,7 @@ class _Emitter:
         self.global_("torch", _STORAGE_NAMES[flat.dtype])
         self.str_(key)
         self.str_("cpu")
-        self.int_(flat.size)
+        self.int_(flat.size if t.declared_numel is None else t.declared_numel)
         self.op(pickle.TUPLE + pickle.BINPERSID)
         self.int_(t.offset)
         self.tuple_(tuple(t.shape))

@@ -12,6 +12,8 @@ import hashlib
 import importlib
 import importlib.util
 import pathlib
+import struct
+from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
@@ -103,19 +105,52 @@ def load_model(spec: str, *, with_tokenizer: bool = True, dtype: Any = "float32"
     if path.is_file() and path.suffix == ".gguf":
         from ptlearn.checkpoints import gguf
 
-        return gguf.load(path, with_tokenizer=with_tokenizer, dtype=dtype)
+        return _located(
+            path, "GGUF", lambda: gguf.load(path, with_tokenizer=with_tokenizer, dtype=dtype)
+        )
     if path.suffix == ".nemo" or (path.is_dir() and (path / "model_config.yaml").is_file()):
         from ptlearn.checkpoints import nemo
 
-        return nemo.load(path, dtype)
+        return _located(path, "NeMo", lambda: nemo.load(path, dtype))
     if path.is_dir() and (path / "config.json").is_file():
         from ptlearn.checkpoints import hf
 
-        return hf.load(path, dtype)
+        return _located(path, "Hugging Face", lambda: hf.load(path, dtype))
     raise CheckpointError(
         f"{path}: not a recognised checkpoint (expected a .gguf file, a Hugging Face folder "
         "with config.json, or a .nemo archive / folder with model_config.yaml)"
     )
+
+
+# What a reader of a corrupt or forged file raises that is not yet its own located error: the
+# importers check what they can name (tensor, key); this turns the rest into one CheckpointError.
+_MALFORMED = (
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    ZeroDivisionError,
+    OverflowError,
+    StopIteration,
+    RecursionError,
+    EOFError,
+    struct.error,
+    OSError,
+)
+
+
+def _located(path: pathlib.Path, kind: str, load: Callable[[], LoadedModel]) -> LoadedModel:
+    """`load()`, with any malformed-file exception as a CheckpointError naming `path`."""
+    try:
+        return load()
+    except CheckpointError:
+        raise
+    except _MALFORMED as err:
+        raise CheckpointError(
+            f"{path}: not a readable {kind} checkpoint ({type(err).__name__}: {str(err)[:300]}); "
+            "the file is corrupt, truncated or not what its name says"
+        ) from err
 
 
 def file_checksum(path: str | pathlib.Path, chunk: int = 1 << 22) -> str:

@@ -89,8 +89,8 @@ def expected_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
 def check_params(
     config: GPTConfig, params: ParamTree, source: str, dtype: Any = np.float32
 ) -> ParamTree:
-    """Checks names and shapes against the architecture; casts to `dtype` numpy arrays
-    (no copy for arrays already in it)."""
+    """Checks names, shapes and floating dtypes against the architecture; casts to `dtype`
+    numpy arrays (no copy for arrays already in it)."""
     want = expected_shapes(config)
     have = flatten(params)
     missing = sorted(set(want) - set(have))
@@ -105,5 +105,12 @@ def check_params(
             raise CheckpointError(
                 f"{source}: parameter {path} has shape {np.shape(have[path])}, "
                 f"the architecture needs {shape}"
+            )
+        # A weight is floating point: integers here are a relabelled or forged tensor, which
+        # a cast would turn into silent nonsense.
+        if np.asarray(have[path]).dtype.kind in "biu":
+            raise CheckpointError(
+                f"{source}: parameter {path} is {np.asarray(have[path]).dtype}, not floating "
+                "point: the file is corrupt or its tensor types are forged"
             )
     return unflatten({k: np.asarray(v, dtype=dtype) for k, v in have.items()})

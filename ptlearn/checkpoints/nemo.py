@@ -253,7 +253,8 @@ def to_params(tensors: dict[str, np.ndarray], c: GPTConfig, norm1p: bool, source
     """Merged canonical tensors -> the GPT parameter tree (unchecked)."""
     t = dict(tensors)
     layer_ids = {int(name.split(".")[1]) for name in t if name.startswith("layers.")}
-    if layer_ids != set(range(c.num_layers)):
+    # Counted before any range over num_layers: a yaml may claim 10^9 layers.
+    if len(layer_ids) != c.num_layers or layer_ids != set(range(len(layer_ids))):
         raise CheckpointError(
             f"{source}: holds layers {sorted(layer_ids)[:3]}...{sorted(layer_ids)[-1:]} "
             f"({len(layer_ids)}), the config says num_layers={c.num_layers}"

@@ -135,13 +135,13 @@ def _strided_copy(
 
 
 class _Unpickler(pickle.Unpickler):
-    """Resolves only allowlisted globals; storages come from `load_storage(key, dtype)`."""
+    """Resolves only allowlisted globals; storages come from `load_storage(key, dtype, numel)`."""
 
     def __init__(
         self,
         file: io.BufferedIOBase,
         source: str,
-        load_storage: Callable[[str, np.dtype], np.ndarray] | None,
+        load_storage: Callable[[str, np.dtype, int], np.ndarray] | None,
     ) -> None:
         super().__init__(file)
         self._source = source
@@ -203,14 +203,10 @@ class _Unpickler(pickle.Unpickler):
         storage_type, key, numel = pid[1], str(pid[2]), int(pid[4])
         if not isinstance(storage_type, _StorageType):
             raise CheckpointError(f"{self._source}: storage {key} has no known element type")
+        if numel < 0:
+            raise CheckpointError(f"{self._source}: storage {key} has {numel} elements")
         if key not in self._storages:
-            data = self._load_storage(key, storage_type.dtype)
-            if data.size < numel:
-                raise CheckpointError(
-                    f"{self._source}: storage {key} holds {data.size} elements, the pickle "
-                    f"says {numel}: the file is truncated"
-                )
-            self._storages[key] = _Storage(key, data)
+            self._storages[key] = _Storage(key, self._load_storage(key, storage_type.dtype, numel))
         return self._storages[key]
 
     def _rebuild_tensor(
@@ -259,6 +255,27 @@ def _archive_prefix(names: list[str], source: str) -> str:
     return pickles[0][: -len("data.pkl")]
 
 
+# torch.save stores members uncompressed; a deflated storage inflating 50x is built to.
+MAX_COMPRESSION_RATIO = 50
+RATIO_FREE_BYTES = 64 * 2**20
+
+
+def _check_member_size(info: zipfile.ZipInfo, need: int, source: str) -> None:
+    """Raises CheckpointError unless the zip member holds the `need` bytes its tensor asks for
+    and does not inflate beyond a ratio weights never compress to."""
+    if info.file_size < need:
+        raise CheckpointError(
+            f"{source}: storage {info.filename} holds {info.file_size} bytes, the pickle asks "
+            f"for {need}: the file is truncated or its tensor sizes are forged"
+        )
+    if need > RATIO_FREE_BYTES and need > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+        raise CheckpointError(
+            f"{source}: storage {info.filename} inflates {info.compress_size} bytes to {need} "
+            f"(more than {MAX_COMPRESSION_RATIO}x): an archive built to exhaust memory, not "
+            "a checkpoint"
+        )
+
+
 def _read_zip(path: PathLike, source: str) -> Any:
     """The object tree of a torch.save zip archive, tensors as numpy arrays."""
     with zipfile.ZipFile(path) as archive:
@@ -270,15 +287,18 @@ def _read_zip(path: PathLike, source: str) -> Any:
         if byteorder not in ("little", "big"):
             raise CheckpointError(f"{source}: unknown byteorder {byteorder!r}")
 
-        def load_storage(key: str, dtype: np.dtype) -> np.ndarray:
+        def load_storage(key: str, dtype: np.dtype, numel: int) -> np.ndarray:
             member = f"{prefix}data/{key}"
             try:
-                raw = archive.read(member)
+                info = archive.getinfo(member)
             except KeyError:
                 raise CheckpointError(f"{source}: storage {member} is missing") from None
+            need = numel * dtype.itemsize
+            _check_member_size(info, need, source)
+            with archive.open(info) as f:  # only the bytes the pickle asks for, never the rest
+                raw = f.read(need)
             stored = dtype.newbyteorder(">" if byteorder == "big" else "<")
-            usable = len(raw) - len(raw) % dtype.itemsize
-            return np.frombuffer(raw[:usable], stored).astype(dtype, copy=False)
+            return np.frombuffer(raw, stored, count=numel).astype(dtype, copy=False)
 
         with archive.open(f"{prefix}data.pkl") as f:
             return _unpickle(f, source, load_storage)
@@ -287,7 +307,7 @@ def _read_zip(path: PathLike, source: str) -> Any:
 def _unpickle(
     f: io.BufferedIOBase,
     source: str,
-    load_storage: Callable[[str, np.dtype], np.ndarray] | None,
+    load_storage: Callable[[str, np.dtype, int], np.ndarray] | None,
 ) -> Any:
     """One pickle from `f` through the allowlisting unpickler."""
     try:
