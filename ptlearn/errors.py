@@ -38,3 +38,8 @@ class ConfigError(PtlearnError):
 class TrainingError(PtlearnError):
     """A run that cannot go on (a non-finite loss, gradient or validation loss); names the step,
     the last good checkpoint and the keys most likely at fault."""
+
+
+class WorkdirError(PtlearnError):
+    """A workdir that cannot be written (read-only, full, removed under the run); says which
+    checkpoint is safe to resume from."""

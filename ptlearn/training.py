@@ -47,7 +47,14 @@ from ptlearn.evaluation import (
     validate_tasks,
     write_prompt_model,
 )
-from ptlearn.run_guards import Interrupted, check_finite, stop_error, stop_signals
+from ptlearn.run_guards import (
+    Interrupted,
+    check_finite,
+    check_writable,
+    stop_error,
+    stop_signals,
+    workdir_failures,
+)
 from ptlearn.run_log import RunLog
 from ptlearn.train_batches import Batches, total_steps, validation_interval
 from ptlearn.train_setup import Setup, init_prompt_params, setup
@@ -243,6 +250,7 @@ def train_and_evaluate(
     workdir_path = pathlib.Path(config.exp_manager.explicit_log_dir or workdir)
     if not distributed.is_writer():
         return _train_and_evaluate(config, workdir_path, allow_config_change)
+    check_writable(workdir_path)
     with files.exclusive(workdir_path, "run"):  # one run per workdir (SPEC 9)
         return _train_and_evaluate(config, workdir_path, allow_config_change)
 
@@ -286,17 +294,20 @@ def _train_and_evaluate(config, workdir_path, allow_config_change) -> runs.Run:
         started=started,
         resume_step=int(state["step"]),
     )
-    try:
-        # Jitted steps are traced under the mesh's axis rules (the activation constraints).
-        with sharding.activate(s.mesh, s.rules):
-            state, step, stopped = _train_loop(
-                s, state, frozen, tx, schedule, checkpoints, log, steps
-            )
-            checkpoints.wait()
-            return _finish(s, state, frozen, checkpoints, workdir_path, step, stopped, log, record)
-    finally:
-        log.close()
-        checkpoints.close()
+    with workdir_failures(workdir_path, checkpoints):
+        try:
+            # Jitted steps are traced under the mesh's axis rules (the activation constraints).
+            with sharding.activate(s.mesh, s.rules):
+                state, step, stopped = _train_loop(
+                    s, state, frozen, tx, schedule, checkpoints, log, steps
+                )
+                checkpoints.wait()
+                return _finish(
+                    s, state, frozen, checkpoints, workdir_path, step, stopped, log, record
+                )
+        finally:
+            log.close()
+            checkpoints.close()
 
 
 def _train_loop(s, state, frozen, tx, schedule, checkpoints, log, steps):

@@ -1,6 +1,7 @@
 """Bad input to training and prediction: one clear, located error (or a counted warning)."""
 
 import logging
+import os
 import subprocess
 import sys
 
@@ -277,3 +278,52 @@ def test_empty_answers_are_warned_about_and_no_label(tiny, tmp_path, caplog):
     assert any(
         f"{train}:3" in r.getMessage() and "empty answer" in r.getMessage() for r in caplog.records
     )
+
+
+def test_an_unwritable_workdir_is_refused_before_any_work(tiny, tmp_path):
+    from ptlearn.errors import WorkdirError
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    with pytest.raises(
+        WorkdirError, match=r"workdir .*notes.txt/w cannot be written .*nothing ran"
+    ):
+        training.train_and_evaluate(tiny_config(*tiny), str(a_file / "w"))
+
+
+@pytest.mark.parametrize(("code", "says"), [("ENOSPC", "is full"), ("EROFS", "became read-only")])
+def test_a_workdir_failing_mid_run_names_the_safe_step_and_the_rerun_resumes(
+    tiny, tmp_path, monkeypatch, code, says
+):
+    """The disk fills (or turns read-only) at the checkpoint of step 4: one line saying step
+    2 is safe; the rerun resumes from it and ends where an uninterrupted run ends."""
+    import errno
+
+    import numpy as np
+
+    from ptlearn.checkpoints import train_state
+    from ptlearn.checkpoints.prompt_model import load_prompt_model
+    from ptlearn.errors import WorkdirError
+
+    config = tiny_config(*tiny)
+    config.trainer.val_check_interval = 2
+    whole = training.train_and_evaluate(config, str(tmp_path / "whole"))
+    real = train_state.TrainCheckpoints.save
+
+    def fail_at_step_4(self, step, state, metrics=None):
+        if step == 4:
+            raise OSError(
+                getattr(errno, code), os.strerror(getattr(errno, code)), str(self.directory)
+            )
+        return real(self, step, state, metrics)
+
+    monkeypatch.setattr(train_state.TrainCheckpoints, "save", fail_at_step_4)
+    workdir = tmp_path / "w"
+    with pytest.raises(
+        WorkdirError, match=rf"workdir {workdir} {says} .*last complete checkpoint is step 2"
+    ):
+        training.train_and_evaluate(config, str(workdir))
+    monkeypatch.setattr(train_state.TrainCheckpoints, "save", real)
+    again = training.train_and_evaluate(config, str(workdir))
+    a, b = load_prompt_model(whole.prompt_model), load_prompt_model(again.prompt_model)
+    np.testing.assert_array_equal(a.tables["sentiment"], b.tables["sentiment"])

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from ptlearn.errors import CheckpointError
+from ptlearn.errors import CheckpointError, WorkdirError
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,15 @@ class TrainCheckpoints:
         )
 
     def save(self, step: int, state: Any, metrics: dict[str, float] | None = None) -> None:
-        """Saves `state` as the latest; also as a best candidate when `metrics` has the monitor."""
+        """Saves `state` as the latest; also as a best candidate when `metrics` has the monitor.
+
+        A checkpoint folder removed under the run is an error: orbax would quietly recreate it,
+        and the run would end "successfully" without its record and metrics."""
+        if not self.directory.is_dir():
+            raise WorkdirError(
+                f"{self.directory} was removed during the run, with the checkpoints it held: "
+                "nothing is safe to resume from; rerun from the start"
+            )
         self.last.save(step, args=ocp.args.StandardSave(state), force=True)
         if metrics is not None and self.monitor in metrics:
             self.best.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
