@@ -1,11 +1,22 @@
-"""Test set-up: 8 simulated CPU devices, set before JAX is imported anywhere."""
+"""Test set-up: 8 simulated CPU devices and a compilation cache, set before JAX is imported
+anywhere."""
 
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flag = "--xla_force_host_platform_device_count=8"
 if _flag not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+# JAX's persistent compilation cache, inherited by the subprocesses the tests start: the same
+# tiny-model steps compile once instead of in every command (a 2-step train command: 19 s ->
+# 8 s). Keys are the programs themselves, so a changed program never meets a stale entry.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(tempfile.gettempdir(), f"ptlearn-test-xla-cache-{os.getuid()}"),
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2**30))
 
 import pathlib  # noqa: E402
 

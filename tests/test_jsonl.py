@@ -1,8 +1,11 @@
 """jsonl reading and writing: round trips, located errors, atomic writes."""
 
 import pathlib
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ptlearn.data.jsonl import iter_jsonl, read_jsonl, write_jsonl
 from ptlearn.errors import DataError
@@ -113,3 +116,42 @@ def test_write_is_deterministic(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", records)
     write_jsonl(tmp_path / "b.jsonl", iter(records))
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+
+
+# --- properties -------------------------------------------------------------------------------
+
+json_leaf = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
+json_value = st.recursive(
+    json_leaf | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+records_strategy = st.lists(
+    st.fixed_dictionaries(
+        {"taskname": st.text(min_size=1, max_size=10).filter(str.strip)},
+        optional={"sentence": st.text(max_size=30), "extra": json_value},
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(records=records_strategy)
+def test_any_records_written_read_back_equal(records, tmp_path_factory):
+    path = tmp_path_factory.mktemp("prop") / "r.jsonl"
+    write_jsonl(path, records)
+    assert read_jsonl(path) == records
+
+
+@settings(max_examples=200, deadline=None)
+@given(content=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+def test_any_bytes_read_as_records_or_one_located_data_error(content, tmp_path_factory):
+    path = _write(tmp_path_factory.mktemp("prop"), content)
+    try:
+        records = read_jsonl(path)
+    except DataError as err:
+        assert re.match(rf"^{re.escape(str(path))}:\d+: ", str(err)), str(err)
+    else:
+        assert all(isinstance(r, dict) and r["taskname"] for r in records)

@@ -7,6 +7,8 @@ import random
 import gguf
 import pytest
 import sentencepiece as spm
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as CoreTokenizer
 
@@ -421,3 +423,37 @@ def test_decode_rejects_ids_outside_the_vocabulary(sp_model, tmp_path):
             tok.decode([1, tok.vocab_size])
         with pytest.raises(ValueError, match="outside the vocabulary"):
             tok.decode([-1])
+
+
+# --- properties -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
+    from ptlearn.checkpoints import load_model
+
+    return load_model("tiny").tokenizer
+
+
+# Any unicode (surrogates cannot be encoded as utf-8 at all, so they are not text).
+any_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=any_text)
+def test_byte_level_round_trip_on_any_unicode(tiny_tokenizer, text):
+    ids = tiny_tokenizer.encode(text)
+    assert all(0 <= i < tiny_tokenizer.vocab_size for i in ids)
+    assert tiny_tokenizer.decode(ids) == text
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=any_text)
+def test_sentencepiece_round_trip_on_any_unicode(sp_model, text):
+    tok = from_sentencepiece(sp_model)
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
