@@ -181,3 +181,22 @@ def test_unknown_model_type_and_stray_tensors_are_errors(tmp_path):
     (tmp_path / "empty" / "config.json").write_text(json.dumps(hf_config))
     with pytest.raises(CheckpointError, match="no weights found"):
         hf.load(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/hostname", "sub/../../x"])
+def test_a_shard_index_pointing_outside_its_folder_is_refused(tmp_path, shard):
+    config = gpt.VARIANTS["test"]
+    write_folder(
+        tmp_path / "llama",
+        *hf.llama_state_dict(config, random_params(config)),
+        "safetensors-sharded",
+    )
+    index = tmp_path / "llama" / "model.safetensors.index.json"
+    weight_map = json.loads(index.read_text())["weight_map"]
+    (tmp_path / "outside.safetensors").write_bytes(
+        (tmp_path / "llama" / "model-00001-of-00002.safetensors").read_bytes()
+    )
+    weight_map[next(iter(weight_map))] = shard
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(CheckpointError, match=r"shard .* lies outside"):
+        hf.load(tmp_path / "llama")

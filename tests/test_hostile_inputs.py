@@ -1,6 +1,10 @@
-"""Small hostile inputs that would allocate without bound end in one located error, at once:
-a GGUF whose metadata claims 10^9 layers, encoder and generation sizes beyond any machine."""
+"""Small hostile inputs that would allocate without bound end in one located error, at once,
+in a process whose peak RSS is measured: files claiming huge sizes (stride-0 tensors, shared
+dicts, 10^9 layers in GGUF or NeMo metadata), archives that inflate (torch zip, .nemo) or
+outgrow the disk, encoder and generation sizes beyond any machine."""
 
+import os
+import re
 import subprocess
 import sys
 import time
@@ -49,33 +53,70 @@ def tiny(tmp_path_factory):
     return write_tiny_model(root / "model"), write_tiny_data(root / "data")
 
 
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child of a big test worker
+# would report the worker's peak.
+_PEAK = (
+    "int(__import__('re').search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]) // 1024"
+)
+# A jax process with the tiny model sits near 600 MB; a refused size must add nothing to it.
+CLI_RSS_BOUND_MB = 1500
+_CLI_PEAK_RSS = (
+    """
+import atexit, runpy, sys
+atexit.register(lambda: print("PEAK_MB", """
+    + _PEAK
+    + """, file=sys.stderr))
+sys.argv = {argv!r}
+runpy.run_module({module!r}, run_name="__main__")
+"""
+)
+
+
+def _cli_in_subprocess(module: str, argv: list[str]) -> tuple[int, str, int]:
+    """(exit code, stderr, peak RSS in MB) of `python -m module argv...`."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _CLI_PEAK_RSS.format(module=module, argv=[module, *argv])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"},
+    )
+    return proc.returncode, proc.stderr, int(proc.stderr.rsplit("PEAK_MB", 1)[1])
+
+
 def test_an_encoder_beyond_the_machine_is_refused_before_allocating(tiny, tmp_path):
+    from test_train import _write_config
+
+    started = time.time()
+    code, stderr, peak_mb = _cli_in_subprocess(
+        "ptlearn.train",
+        [
+            f"--config={_write_config(tmp_path, *tiny)}",
+            f"--workdir={tmp_path / 'w'}",
+            "--config.model.p_tuning.encoder_hidden=1000000000",
+        ],
+    )
+    assert code == 2 and "Traceback" not in stderr, stderr[-2000:]
+    assert re.search(r"model.p_tuning.encoder_hidden=1000000000: .* GiB", stderr), stderr
+    assert peak_mb < CLI_RSS_BOUND_MB, peak_mb
+    assert time.time() - started < 60
     config = tiny_config(*tiny)
     config.model.p_tuning.encoder_hidden = 10**9
-    started = time.time()
     with pytest.raises(ConfigError, match=r"model.p_tuning.encoder_hidden=1000000000: .* GiB"):
-        training.train_and_evaluate(config, str(tmp_path / "w"))
-    assert time.time() - started < 30
+        training.train_and_evaluate(config, str(tmp_path / "w2"))
 
 
 def test_generation_longer_than_the_context_is_refused(tiny):
     model, _ = tiny
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ptlearn.lm",
-            "generate",
-            f"--model={model}",
-            "--prompt=hello",
-            "--tokens_to_generate=1000000000",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    started = time.time()
+    code, stderr, peak_mb = _cli_in_subprocess(
+        "ptlearn.lm",
+        ["generate", f"--model={model}", "--prompt=hello", "--tokens_to_generate=1000000000"],
     )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "--tokens_to_generate=1000000000" in proc.stderr and "context" in proc.stderr
+    assert code == 2 and "Traceback" not in stderr
+    assert "--tokens_to_generate=1000000000" in stderr and "context" in stderr
+    assert peak_mb < CLI_RSS_BOUND_MB, peak_mb
+    assert time.time() - started < 60
     config = tiny_config(*tiny)
     config.inference.tokens_to_generate = 10**9
     with pytest.raises(ConfigError, match="inference.tokens_to_generate"):
@@ -84,15 +125,19 @@ def test_generation_longer_than_the_context_is_refused(tiny):
 
 # Python, numpy and the importer's modules; a file that got read whole would add its size.
 RSS_BOUND_MB = 400
-_PEAK_RSS = """
-import resource, sys
+_PEAK_RSS = (
+    """
+import sys
 from ptlearn.errors import CheckpointError
 try:
     {call}
 except CheckpointError as err:
     print("ERROR", err)
-print("PEAK_MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+print("PEAK_MB", """
+    + _PEAK
+    + """)
 """
+)
 
 
 def _load_in_subprocess(call: str, timeout: float = 60) -> tuple[str, int]:
@@ -186,3 +231,62 @@ def shutil_usage(free: int):
     import shutil
 
     return shutil._ntuple_diskusage(total=10 * free, used=9 * free, free=free)
+
+
+def _stride_zero(path):
+    import torch_format
+
+    one = np.ones(1, np.float32)
+    tensor = torch_format.StridedTensor(one, 0, (1000, 1000, 1000), (0, 0, 0))
+    torch_format.save({"w": tensor}, path / "stride0.bin")
+    return "torch_pickle.load_torch_file", path / "stride0.bin", "1000000000 elements"
+
+
+def _shared_dicts(path):
+    import pickle
+
+    import torch_format
+
+    node = {"step": 1}
+    for _ in range(40):
+        node = {"a": node, "b": node}  # 2^40 paths; pickle's memo writes each dict once
+    torch_format.write_torch_zip(path / "shared.bin", pickle.dumps(node, protocol=2), {})
+    return "torch_pickle.load_torch_file", path / "shared.bin", "appears twice"
+
+
+def _gguf_blocks(path):
+    return "load_model", _gguf(path / "liar.gguf", 10**9), "block_count=1000000000"
+
+
+def _nemo_layers(path):
+    import yaml
+    from test_nemo_import import random_params, write_checkpoint
+
+    from ptlearn import gpt
+
+    config = gpt.VARIANTS["test"]
+    write_checkpoint(path / "ckpt", config, random_params(config), tp=1, mcore=True)
+    cfg = yaml.safe_load((path / "ckpt" / "model_config.yaml").read_text())
+    cfg["num_layers"] = 10**9
+    (path / "ckpt" / "model_config.yaml").write_text(yaml.safe_dump(cfg))
+    return "load_model", path / "ckpt", "num_layers=1000000000"
+
+
+@pytest.mark.parametrize("build", [_stride_zero, _shared_dicts, _gguf_blocks, _nemo_layers])
+def test_a_small_file_claiming_huge_sizes_fails_in_bounded_memory(tmp_path, build):
+    """Each file is under 1 MB: the error is located, the loading process's peak RSS stays
+    under the bound and the time under seconds."""
+    function, path, says = build(tmp_path)
+    assert sum(f.stat().st_size for f in [path, *path.rglob("*")] if f.is_file()) < 2**20
+    module = "torch_pickle" if function.startswith("torch_pickle") else None
+    call = (
+        f"from ptlearn.checkpoints import torch_pickle; {function}({str(path)!r})"
+        if module
+        else f"from ptlearn.checkpoints import load_model; load_model({str(path)!r})"
+    )
+    started = time.time()
+    # load_model imports jax (about 300 MB resident on its own).
+    error, peak_mb = _load_in_subprocess(call)
+    assert says in error and str(path) in error, error
+    assert peak_mb < RSS_BOUND_MB + (0 if module else 600), peak_mb
+    assert time.time() - started < 30

@@ -351,7 +351,10 @@ def test_encode_dataset_rejects_unknown_or_missing_task():
 
 # --- properties -------------------------------------------------------------------------------
 
-field_text = st.text(alphabet="ab \n.", max_size=12)
+# Any text a data file can hold: whitespace of every kind, braces, marker look-alikes, emoji.
+field_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12) | st.sampled_from(
+    ["{label}", "<|VIRTUAL_PROMPT_0|>", " \t\n", "\u2028x\u00a0"]
+)
 
 
 @settings(max_examples=150, deadline=None)

@@ -87,8 +87,15 @@ def _read_index(index_path: pathlib.Path, read: Callable[[PathLike], dict]) -> d
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{index_path}: not a valid shard index ({e!r})") from e
     tensors: dict[str, np.ndarray] = {}
-    for shard in sorted(set(weight_map.values())):
+    folder = index_path.parent.resolve()
+    for shard in sorted(set(map(str, weight_map.values()))):
         shard_path = index_path.parent / shard
+        # A shard is a file of this folder: a name leading out of it could read any file.
+        if pathlib.PurePath(shard).is_absolute() or folder not in shard_path.resolve().parents:
+            raise CheckpointError(
+                f"{index_path}: shard {shard!r} lies outside {folder}; an index names files of "
+                "its own folder only"
+            )
         if not shard_path.is_file():
             raise CheckpointError(f"{index_path}: shard {shard} is missing from the folder")
         tensors.update(read(shard_path))
