@@ -9,7 +9,7 @@ Prints one JSON line. The fixed-shape workloads mirror ../shared/peer/bench_peft
 harness): seeded synthetic ids in [17, vocab) (no special ids), virtual tokens prepended, the
 loss over every text token (PEFT's labels=input_ids; `--answer_tokens=N` keeps only the last N),
 AdamW, one step = forward + backward + optimizer update. The timed step is ptlearn's own:
-`training.make_train_step` / `training.make_eval_step` on collated batches, `predict.generate_answers`
+`training.make_train_step` / `training.make_eval_step` on collated batches, `answers.generate_answers`
 for decoding. The first call (trace + compile + one run) is reported as compile_s; then
 `--steps` calls are timed, each ended by `jax.block_until_ready`.
 
@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 
 from ptlearn import (
+    answers,
     cli,
     config_lib,
     predict,
@@ -397,7 +398,7 @@ def encoder_text(s: training.Setup) -> str | None:
 
 def bench_generate(args: Options) -> dict[str, Any]:
     """Greedy decoding of `--new_tokens` per row for `--batch` prompt-tuned prompts of
-    `--prompt_len` text tokens, through predict.generate_answers with EOS disabled."""
+    `--prompt_len` text tokens, through answers.generate_answers with EOS disabled."""
     loaded = load_model(args.model, dtype=args.frozen_dtype)
     load_peak = peak_rss_mb()
     s = synthetic_setup(args, loaded)
@@ -432,7 +433,7 @@ def bench_generate(args: Options) -> dict[str, Any]:
     inference.tokens_to_generate = args.new_tokens
     inference.batch_size = args.batch
     compile_s, times = time_calls(
-        lambda: predict.generate_answers(lm, examples, inference), args.steps, args.profile_dir
+        lambda: answers.generate_answers(lm, examples, inference), args.steps, args.profile_dir
     )
     # The task's shared prefix comes from its KV cache; the rest is prefilled, bucketed.
     prefix = prefix_caches.shared_prefix_length(examples)
@@ -458,7 +459,7 @@ def bench_generate(args: Options) -> dict[str, Any]:
             "padded_prompt_length": prompt_length,
             "cached_prefix_length": prefix,
             "new_tokens": args.new_tokens,
-            "step": "predict.generate_answers: task prefix from its KV cache, prefill, "
+            "step": "answers.generate_answers: task prefix from its KV cache, prefill, "
             "compiled decode loop, detokenize",
             "step_times_s": [round(t, 6) for t in times],
             "compile_s": round(compile_s, 2),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tiny_model import sharp_attention
 
-from ptlearn import config_lib, deep_prompts, gpt, predict, prefix_caches, serving
+from ptlearn import answers, config_lib, deep_prompts, gpt, predict, prefix_caches, serving
 from ptlearn.templates import VIRTUAL_FILL_ID, EncodedExample
 
 
@@ -81,16 +81,16 @@ def test_answers_with_prefix_caches_equal_the_whole_prompt(monkeypatch, scan_lay
     ]
     inference = config_lib.inference_config()
     inference.update(greedy=True, tokens_to_generate=6, batch_size=2)
-    cached = predict.generate_answers(lm, examples, inference)
+    cached = answers.generate_answers(lm, examples, inference)
     assert len(lm.prefix_caches) == 2  # one per task, reused by all three batches
-    predict.generate_answers(lm, examples, inference)
+    answers.generate_answers(lm, examples, inference)
     assert len(lm.prefix_caches) == 2
     # A bounded store drops its oldest prefix and recomputes it when needed.
     monkeypatch.setattr(prefix_caches, "MAX_PREFIX_CACHES", 1)
     small = dataclasses.replace(lm, prefix_caches={})
-    assert predict.generate_answers(small, examples, inference) == cached
+    assert answers.generate_answers(small, examples, inference) == cached
     assert len(small.prefix_caches) == 1
     monkeypatch.setattr(prefix_caches, "shared_prefix_length", lambda examples: 0)
-    whole = predict.generate_answers(dataclasses.replace(lm, prefix_caches={}), examples, inference)
+    whole = answers.generate_answers(dataclasses.replace(lm, prefix_caches={}), examples, inference)
     assert cached == whole
     assert all(len(a.split()) == 6 for a in cached)
