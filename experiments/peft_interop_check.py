@@ -1,12 +1,12 @@
 """PEFT loads ptlearn's exports, and ptlearn PEFT's adapters, with the same logits.
 
-  PTLEARN_PEER_PYTHON=/tmp/peer-venv/bin/python python experiments/peft_interop_check.py WORKDIR
+  PTLEARN_PEER_PYTHON=/tmp/peer-venv/bin/python python experiments/peft_interop_check.py WORKDIR [MODEL]
 
-Both ways, on the default model: FPB prompt tuning and deep prompts trained by ptlearn (20 bf16
+Both ways, on MODEL (`default`, the published check; `tiny` in the test suite): FPB prompt tuning and deep prompts trained by ptlearn (20 bf16
 steps each in WORKDIR) exported as PEFT adapters (`ptlearn.export.to_peft`), and adapters PEFT
 made itself (prompt tuning and prefix tuning, 6 virtual tokens) imported into ptlearn
-(`ptlearn.export.from_peft`). In the peer venv (../shared/peer/README.md; the GGUF converted to
-a transformers folder) PEFT computes float32 logits at the text positions of four test
+(`ptlearn.export.from_peft`). In the peer venv (../shared/peer/README.md; a GGUF converted to a
+transformers folder, an HF folder read as it is) PEFT computes float32 logits at the text positions of four test
 sentences, and ptlearn the same. Prints one JSON line: {"export|import KIND":
 {"max_abs_logit_diff": x, "positions": n}}.
 """
@@ -25,8 +25,11 @@ PEER = r"""
 import json, sys, pathlib, torch
 from transformers import AutoModelForCausalLM
 from peft import PeftModel, PrefixTuningConfig, PromptTuningConfig, get_peft_model
-gguf_path, folder, request = sys.argv[1], pathlib.Path(sys.argv[2]), json.loads(sys.argv[3])
-if not (folder / "config.json").is_file():
+model_path, folder, request = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), json.loads(sys.argv[3])
+if (model_path / "config.json").is_file():  # already a transformers folder
+    folder = model_path
+elif not (folder / "config.json").is_file():
+    gguf_path = model_path
     model = AutoModelForCausalLM.from_pretrained(str(pathlib.Path(gguf_path).parent),
         gguf_file=pathlib.Path(gguf_path).name, dtype=torch.float32)
     model.hf_quantizer = None
@@ -55,10 +58,10 @@ print(json.dumps(out))
 """
 
 
-def _peer(request: dict, work: pathlib.Path) -> dict:
+def _peer(request: dict, work: pathlib.Path, model: str) -> dict:
     from ptlearn.checkpoints import resolve_model
 
-    command = [os.environ["PTLEARN_PEER_PYTHON"], "-c", PEER, str(resolve_model("default"))]
+    command = [os.environ["PTLEARN_PEER_PYTHON"], "-c", PEER, str(resolve_model(model))]
     proc = subprocess.run(
         [*command, str(work / "hf_model"), json.dumps(request)],
         capture_output=True,
@@ -72,6 +75,7 @@ def _peer(request: dict, work: pathlib.Path) -> dict:
 
 def _our_logits(prompt_model: pathlib.Path, ids: list[list[int]]) -> list[np.ndarray]:
     """ptlearn's float32 logits at the text positions, the task's virtual tokens first."""
+    import jax
     import jax.numpy as jnp
 
     import ptlearn
@@ -81,6 +85,7 @@ def _our_logits(prompt_model: pathlib.Path, ids: list[list[int]]) -> list[np.nda
 
     lm = ptlearn.load(str(prompt_model))
     model, count = GPT(lm.config), lm.tables.shape[1]
+    apply = jax.jit(lambda params, inputs: model.apply({"params": params}, **inputs)[0])
     rows = []
     for text in ids:
         full = np.asarray([[VIRTUAL_FILL_ID] * count + text], np.int32)
@@ -88,7 +93,7 @@ def _our_logits(prompt_model: pathlib.Path, ids: list[list[int]]) -> list[np.nda
         inputs = prompted.prompted_inputs(
             model, lm.lm_params, jnp.asarray(lm.tables), full, np.zeros(1, np.int32), index
         )
-        rows.append(np.asarray(model.apply({"params": lm.lm_params}, **inputs)[0][0, count:]))
+        rows.append(np.asarray(apply(lm.lm_params, inputs)[0, count:]))
     return rows
 
 
@@ -100,6 +105,8 @@ def main() -> None:
     from ptlearn.data.prepare import prepare
 
     work = pathlib.Path(sys.argv[1])
+    model = sys.argv[2] if len(sys.argv) > 2 else "default"
+    steps = int(sys.argv[3]) if len(sys.argv) > 3 else 20
     shared = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
     prepare("financial_phrasebank", shared, work / "fpb")
     sentences = [r["sentence"] for r in read_jsonl(work / "fpb" / "test.jsonl")[:4]]
@@ -107,15 +114,15 @@ def main() -> None:
         "PROMPT_TUNING": "sentiment_prompt_tuning",
         "PREFIX_TUNING": "sentiment_prefix_tuning",
     }
-    _peer({"make": {k: str(work / f"native_{k}") for k in configs}}, work)
+    _peer({"make": {k: str(work / f"native_{k}") for k in configs}}, work, model)
     compare, ours = {}, {}
     for kind, name in configs.items():
         config = ptlearn.load_config(
             name,
-            f"data={work / 'fpb'},steps=20",
+            f"data={work / 'fpb'},steps={steps},model={model}",
             **{
-                "trainer.val_check_interval": 20,
-                "model.optim.sched.warmup_steps": 5,
+                "trainer.val_check_interval": steps,
+                "model.optim.sched.warmup_steps": min(5, steps // 2),
                 "model.data.validation_metric_examples": 0,
                 "model.data.test_ds": (),
             },
@@ -133,11 +140,11 @@ def main() -> None:
             "virtual_token_splits": [6],
         }
         imported = export.from_peft(
-            work / f"native_{kind}", template, "default", work / f"imported_{kind}"
+            work / f"native_{kind}", template, model, work / f"imported_{kind}"
         )
         compare[f"import {kind}"] = {"adapter": str(work / f"native_{kind}"), "ids": ids}
         ours[f"import {kind}"] = _our_logits(imported, ids)
-    theirs = _peer({"compare": compare}, work)
+    theirs = _peer({"compare": compare}, work, model)
     result = {}
     for name, rows in ours.items():
         diffs = [np.abs(np.asarray(t) - o).max() for t, o in zip(theirs[name], rows, strict=True)]

@@ -24,6 +24,25 @@ import pytest  # noqa: E402
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 
+# The files of the longest tests, handed to the workers first so none of them is the tail.
+LONGEST_FIRST = (
+    "test_readme_commands.py",
+    "test_gemma3.py",
+    "test_train.py",
+    "test_export.py",
+    "test_sweep.py",
+    "test_readme.py",
+    "test_train_sharded.py",
+    "test_deep_prompts.py",
+    "test_api.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    """Longest files first (a stable sort: the order inside each file stays)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 @pytest.fixture(scope="session")
 def shared_dir() -> pathlib.Path:

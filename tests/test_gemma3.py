@@ -125,28 +125,32 @@ def test_gemma3_greedy_continuations(gemma, reference):
 @pytest.mark.integration
 def test_prompt_tuning_gemma3_on_fpb_lowers_the_validation_loss(gemma, shared_dir, tmp_path):
     import ptlearn
+    from ptlearn.data.jsonl import read_jsonl, write_jsonl
     from ptlearn.data.prepare import prepare
 
     prepare("financial_phrasebank", shared_dir / "data", tmp_path / "fpb")
+    # 64 validation examples scored at the end, as the untrained prompt is too.
+    held_out = tmp_path / "fpb" / "val64.jsonl"
+    write_jsonl(held_out, read_jsonl(tmp_path / "fpb" / "val.jsonl")[:64])
     config = ptlearn.load_config(
         "sentiment_prompt_tuning",
-        f"model=gemma3-270m,data={tmp_path / 'fpb'},steps=30",
+        f"model=gemma3-270m,data={tmp_path / 'fpb'},steps=15",
         **{
-            "trainer.val_check_interval": 30,
-            "model.optim.sched.warmup_steps": 5,
+            "trainer.val_check_interval": 15,
+            "model.optim.sched.warmup_steps": 3,
             "model.data.validation_metric_examples": 0,
-            # The validation split scored at the end, as the untrained prompt is too.
-            "model.data.test_ds": (str(tmp_path / "fpb" / "val.jsonl"),),
+            "model.data.validation_ds": (str(held_out),),
+            "model.data.test_ds": (str(held_out),),
         },
     )
     with config.unlocked():
         config.trainer.max_steps = 0  # the initial prompt
     before = ptlearn.train(config, tmp_path / "before").test["test_loss"]
     with config.unlocked():
-        config.trainer.max_steps = 30
+        config.trainer.max_steps = 15
     run = ptlearn.train(config, tmp_path / "after")
     print(f"gemma3 FPB validation loss: {before:.4f} -> {run.test['test_loss']:.4f}")
-    assert run.final_step == 30 and run.test["test_loss"] < before
+    assert run.final_step == 15 and run.test["test_loss"] < before
 
 
 @pytest.mark.integration

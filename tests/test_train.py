@@ -126,14 +126,13 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
 
 
-KILL_TRIALS = 20
-
-
 @pytest.mark.slow
-def test_kill_9_at_random_moments_then_reruns_end_bit_identical(tiny, tmp_path):
-    """20 kill -9s at random moments (start-up, steps, checkpoint writes, the end) of a run
-    that checkpoints every 2 steps, each followed by a rerun: the last rerun ends with the
-    uninterrupted run's prompt table and losses, bit for bit."""
+@pytest.mark.parametrize("kill_trials", [5, pytest.param(20, marks=pytest.mark.stress)])
+def test_kill_9_at_random_moments_then_reruns_end_bit_identical(tiny, tmp_path, kill_trials):
+    """kill -9s at random moments (start-up, steps, checkpoint writes, the end) of a run that
+    checkpoints every 2 steps, each followed by a rerun: the last rerun ends with the
+    uninterrupted run's prompt table and losses, bit for bit. 5 trials in the default run,
+    20 with `-m stress`."""
     import random
 
     # Every step's own loss is logged: a resumed run's first window is shorter, so windowed
@@ -149,7 +148,7 @@ def test_kill_9_at_random_moments_then_reruns_end_bit_identical(tiny, tmp_path):
     env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
     rng = random.Random(0)
     kills = attempts = 0
-    while kills < KILL_TRIALS and attempts < 2 * KILL_TRIALS:
+    while kills < kill_trials and attempts < 2 * kill_trials:
         attempts += 1
         proc = subprocess.Popen(
             cmd + [f"--workdir={killed}"],
@@ -165,7 +164,7 @@ def test_kill_9_at_random_moments_then_reruns_end_bit_identical(tiny, tmp_path):
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             kills += 1
-    assert kills == KILL_TRIALS, (kills, attempts)
+    assert kills == kill_trials, (kills, attempts)
 
     again = _run(cmd + [f"--workdir={killed}"])
     assert again.returncode == 0, again.stderr[-2000:]
