@@ -158,9 +158,11 @@ def task_template(
     virtual_token_splits: Sequence[int],
     answer_field: str,
     truncate_field: str | None = None,
-    answer_only_loss: bool = True,
+    answer_only_loss: bool = False,
+    metric: str = "accuracy",
 ) -> ml_collections.ConfigDict:
-    """One entry of `model.task_templates` (SPEC section 3)."""
+    """One entry of `model.task_templates` (SPEC section 3); the defaults are the template
+    parser's (ptlearn.templates), as a NeMo yaml's template that omits a key gets them."""
     return ml_collections.ConfigDict(
         {
             "taskname": taskname,
@@ -170,6 +172,7 @@ def task_template(
             "truncate_field": truncate_field,
             "answer_only_loss": answer_only_loss,
             "answer_field": answer_field,
+            "metric": metric,
         }
     )
 
@@ -353,6 +356,39 @@ def from_nemo_yaml(path: str | pathlib.Path) -> ml_collections.ConfigDict:
     return read.config
 
 
+_REMAT = "use model.activations_checkpoint_granularity=full or selective (every block)"
+# NeMo keys kept so NeMo users find them (SPEC 4) that ptlearn does not implement: their default
+# is accepted, any other value is refused with what to use instead.
+UNIMPLEMENTED: dict[str, tuple[Any, str]] = {
+    "trainer.num_nodes": (
+        1,
+        "hosts join through distributed.* (coordinator_address, num_processes, process_id)",
+    ),
+    "trainer.accelerator": (
+        "auto",
+        "JAX runs on the devices it finds; choose them with JAX_PLATFORMS (cpu, cuda, tpu) "
+        "and trainer.devices",
+    ),
+    "model.activations_checkpoint_method": ("", _REMAT),
+    "model.activations_checkpoint_num_layers": (1, _REMAT),
+    "model.data.num_workers": (
+        0,
+        "examples are encoded in memory before the first step; there are no loader workers",
+    ),
+}
+
+
+def _check_unimplemented(config: ml_collections.ConfigDict) -> None:
+    for key, (default, instead) in UNIMPLEMENTED.items():
+        value = config
+        for part in key.split("."):
+            value = value[part]
+        if value != default:
+            raise ConfigError(
+                f"{key}={value!r}: a NeMo setting ptlearn does not implement; {instead}"
+            )
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks values that no type check catches; raises ConfigError naming the key."""
     missing = required_keys(config)
@@ -361,6 +397,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"{', '.join(missing)}: required (??? in the yaml); give "
             + " ".join(f"--config.{k}=..." for k in missing)
         )
+    _check_unimplemented(config)
     m = config.model
     if m.virtual_prompt_style not in VIRTUAL_PROMPT_STYLES:
         raise ConfigError(

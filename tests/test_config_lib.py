@@ -91,3 +91,20 @@ def test_batch_chains_auto_is_two_on_cpu_unless_the_batch_is_split():
     assert train_setup.batch_chains(m, one) == 1
     m.batch_chains = 3
     assert train_setup.batch_chains(m, one) == 3
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "instead"),
+    [
+        ("trainer.num_nodes", 2, "distributed"),
+        ("trainer.accelerator", "gpu", "JAX_PLATFORMS"),
+        ("model.activations_checkpoint_method", "uniform", "activations_checkpoint_granularity"),
+        ("model.activations_checkpoint_num_layers", 4, "activations_checkpoint_granularity"),
+        ("model.data.num_workers", 8, "no loader workers"),
+    ],
+)
+def test_nemo_keys_ptlearn_does_not_implement_are_refused_unless_default(key, value, instead):
+    config = config_lib.base_config()
+    config.update_from_flattened_dict({key: value})
+    with pytest.raises(ConfigError, match=rf"{key}={value!r}: a NeMo setting .*{instead}"):
+        config_lib.validate(config)

@@ -43,6 +43,9 @@ def test_the_reference_yaml_maps_every_key_or_says_why_not(shared_dir):
     assert template.answer_only_loss is False and template.truncate_field is None
     assert read.ignored["model.data.load_cache"].startswith("examples are encoded in memory")
     assert "trainer.logger" in read.ignored and "name" in read.ignored
+    # accelerator: gpu and num_workers: 8 are noted with what to use instead, not applied.
+    assert read.ignored["trainer.accelerator"].startswith("JAX runs on the devices it finds")
+    assert c.trainer.accelerator == "auto" and c.model.data.num_workers == 0
     with pytest.raises(ConfigError, match=r"model.data.train_ds, .*: required \(\?\?\? in"):
         config_lib.validate(c)
 
