@@ -192,6 +192,7 @@ def synthetic_config(args: Options, hidden_size: int) -> ml_collections.ConfigDi
             total_virtual_tokens=args.virtual_tokens,
             virtual_token_splits=(args.virtual_tokens,),
             answer_field="answer",
+            answer_only_loss=True,
         ),
     )
     # Rows fill max_seq_length exactly, so no bucket padding: PEFT processes seq + P too.

@@ -265,13 +265,15 @@ def score(
     """Task metrics for every task whose records all carry the answer field."""
     results: dict[str, dict[str, float]] = {}
     for task in sorted({r["taskname"] for _, r in records}):
-        answer_field = lm.templates[task].answer_field
+        template = lm.templates[task]
         rows = [i for i, (_, r) in enumerate(records) if r["taskname"] == task]
         examples = [records[i][1] for i in rows]
-        if not all(answer_field in e for e in examples):
+        if not all(template.answer_field in e for e in examples):
             continue
         preds = [predictions[i] for i in rows]
-        results[task] = metrics.task_metrics(task, preds, examples, answer_field=answer_field)
+        results[task] = metrics.task_metrics(
+            template.metric, preds, examples, answer_field=template.answer_field, taskname=task
+        )
     return results
 
 

@@ -14,6 +14,7 @@ REFERENCE_TASKS = {
     "sentiment": dict(
         prompt_template="<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
         answer_field="label",
+        metric="accuracy",
         data="data/fpb",
         tokens_to_generate=4,
     ),
@@ -21,12 +22,14 @@ REFERENCE_TASKS = {
         prompt_template="<|VIRTUAL_PROMPT_0|> Context: {context}\n\nQuestion: {question}\n\nAnswer: {answer}",
         answer_field="answer",
         truncate_field="context",
+        metric="squad",
         data="data/squad",
         tokens_to_generate=24,
     ),
     "intent_and_slot": dict(
         prompt_template="<|VIRTUAL_PROMPT_0|> {utterance}{label}",
         answer_field="label",
+        metric="intent_slot",
         data="data/assistant",
         tokens_to_generate=40,
     ),
@@ -49,6 +52,8 @@ def reference_task(
         virtual_token_splits=(virtual_tokens,) if virtual_tokens else (),
         answer_field=spec["answer_field"],
         truncate_field=spec.get("truncate_field"),
+        answer_only_loss=True,
+        metric=spec["metric"],
     )
     folder = data_dir or spec["data"]
     files = {

@@ -54,7 +54,15 @@ _REQUIRED_KEYS = (
     "answer_field",
 )
 # NeMo's defaults for the optional keys.
-_OPTIONAL_KEYS = {"truncate_field": None, "answer_only_loss": False, "fields": ()}
+# How a task's predictions are scored (metrics.task_metrics): exact label match, SQuAD's
+# normalised exact match, SQuAD's exact match + token F1, intent accuracy + slot F1.
+METRICS = ("accuracy", "exact_match", "squad", "intent_slot")
+_OPTIONAL_KEYS = {
+    "truncate_field": None,
+    "answer_only_loss": False,
+    "fields": (),
+    "metric": "accuracy",
+}
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +119,7 @@ class TaskTemplate:
     answer_only_loss: bool = False
     # (template field, source column) pairs: the columns a CSV / TFDS data set names otherwise.
     fields: tuple[tuple[str, str], ...] = ()
+    metric: str = "accuracy"  # one of METRICS
     segments: tuple[Segment, ...] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -148,6 +157,7 @@ class TaskTemplate:
             "answer_only_loss": self.answer_only_loss,
             "answer_field": self.answer_field,
             "fields": dict(self.fields),
+            "metric": self.metric,
         }
 
 
@@ -196,6 +206,11 @@ def _check_types(t: TaskTemplate) -> None:
         raise _fail(name, f"truncate_field must be a string or null, got {t.truncate_field!r}")
     if not isinstance(t.answer_only_loss, bool | np.bool_):
         raise _fail(name, f"answer_only_loss must be true or false, got {t.answer_only_loss!r}")
+    if t.metric not in METRICS:
+        raise _fail(
+            name,
+            f"metric={t.metric!r}: use one of {', '.join(METRICS)}{did_you_mean(t.metric, METRICS)}",
+        )
 
 
 def _parse_segments(taskname: str, template: str) -> tuple[Segment, ...]:
@@ -297,7 +312,8 @@ def parse_task_templates(entries: Iterable[Any]) -> dict[str, TaskTemplate]:
     """Validated templates keyed by taskname, from dict-likes (Mapping or ConfigDict).
 
     Required keys: taskname, prompt_template, total_virtual_tokens, virtual_token_splits,
-    answer_field; optional: truncate_field (default null), answer_only_loss (default false).
+    answer_field; optional: truncate_field (default null), answer_only_loss (default false),
+    fields (default none), metric (default accuracy).
     Raises TemplateError naming the task for unknown or missing keys, duplicate tasknames and
     every invalid template.
     """

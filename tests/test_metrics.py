@@ -90,11 +90,11 @@ def test_length_mismatch_is_a_data_error():
         exact_match(["a"], ["a"])  # a bare string, not a list of golds
 
 
-def test_task_metrics_dispatches_by_task():
+def test_task_metrics_are_the_ones_the_template_names():
     sentiment = [
         {"taskname": "sentiment", "sentence": "s", "label": y} for y in ("positive", "neutral")
     ]
-    assert task_metrics("sentiment", ["positive", "negative"], sentiment) == {
+    assert task_metrics("accuracy", ["positive", "negative"], sentiment, answer_field="label") == {
         "accuracy": 0.5,
         "n": 2,
     }
@@ -103,13 +103,21 @@ def test_task_metrics_dispatches_by_task():
         {"taskname": "squad", "answer": "Denver Broncos", "answers": ["Denver Broncos", "Broncos"]},
         {"taskname": "squad", "answer": "Carolina Panthers"},
     ]
-    metrics = task_metrics("squad", ["broncos", "panthers"], squad)
+    metrics = task_metrics("squad", ["broncos", "panthers"], squad, answer_field="answer")
     assert metrics["exact_match"] == pytest.approx(1 / 2)
     assert metrics["f1"] == pytest.approx((1 + 2 / 3) / 2)
     assert metrics["n"] == 2
+    # Any task can name a metric: the name of the task plays no part.
+    assert task_metrics("exact_match", ["the Broncos!", "x"], squad, answer_field="answer") == {
+        "exact_match": 0.0,
+        "n": 2,
+    }
+    assert task_metrics("exact_match", ["the  denver broncos!"], squad[:1], answer_field="answer")[
+        "exact_match"
+    ] == pytest.approx(1.0)
 
     examples = [{"taskname": "intent_and_slot", "utterance": "u", "label": g} for g in GOLDS]
-    metrics = task_metrics("intent_and_slot", PREDS, examples)
+    metrics = task_metrics("intent_slot", PREDS, examples, answer_field="label")
     assert metrics == pytest.approx(
         {
             "intent_accuracy": 2 / 3,
@@ -122,7 +130,7 @@ def test_task_metrics_dispatches_by_task():
     )
 
     other = [{"taskname": "boolq", "passage": "p", "verdict": v} for v in ("yes", "no")]
-    assert task_metrics("boolq", [" yes", "yes"], other, answer_field="verdict") == {
+    assert task_metrics("accuracy", [" yes", "yes"], other, answer_field="verdict") == {
         "accuracy": 0.5,
         "n": 2,
     }
@@ -130,8 +138,20 @@ def test_task_metrics_dispatches_by_task():
 
 def test_task_metrics_names_missing_fields():
     with pytest.raises(DataError, match=r"task 'boolq': example 1 has no 'label'"):
-        task_metrics("boolq", ["a", "b"], [{"label": "a"}, {"answer": "b"}])
+        task_metrics(
+            "accuracy",
+            ["a", "b"],
+            [{"label": "a"}, {"answer": "b"}],
+            answer_field="label",
+            taskname="boolq",
+        )
     with pytest.raises(DataError, match=r"example 0 has neither 'answers' nor 'answer'"):
-        task_metrics("squad", ["a"], [{"context": "c"}])
+        task_metrics("squad", ["a"], [{"context": "c"}], answer_field="answer", taskname="squad")
     with pytest.raises(DataError, match="1 predictions but 2 examples of task 'sentiment'"):
-        task_metrics("sentiment", ["a"], [{"label": "a"}, {"label": "b"}])
+        task_metrics(
+            "accuracy",
+            ["a"],
+            [{"label": "a"}, {"label": "b"}],
+            answer_field="label",
+            taskname="sentiment",
+        )

@@ -428,3 +428,11 @@ def test_special_token_names_in_data_stay_text():
     ids = example.ids.tolist()
     assert ids[4:].count(tok.eos_id) == 1  # only the EOS ptlearn adds (0-3: virtual slots)
     assert tok.decode(ids[4:]).startswith(f" a {name} b")
+
+
+def test_a_template_names_its_metric():
+    assert template().metric == "accuracy"
+    squad = template(metric="squad")
+    assert squad.metric == "squad" and parse_task_templates([squad.to_dict()])["sentiment"] == squad
+    with pytest.raises(TemplateError, match=r"metric='sqaud': use one of .*did you mean 'squad'"):
+        template(metric="sqaud")

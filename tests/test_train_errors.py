@@ -212,7 +212,7 @@ def test_damaged_prompt_models_are_refused_on_load(tiny, tmp_path):
     from safetensors.numpy import load_file, save_file
 
     from ptlearn import predict
-    from ptlearn.checkpoints.prompt_model import load_prompt_model
+    from ptlearn.checkpoints.prompt_model import _with_metric, load_prompt_model
 
     run = training.train_and_evaluate(tiny_config(*tiny), str(tmp_path / "w"))
     folder = tmp_path / "w" / "prompt_model"
@@ -239,6 +239,13 @@ def test_damaged_prompt_models_are_refused_on_load(tiny, tmp_path):
     save_file(good_tables, str(tables_file))
     meta_file.write_text(good_meta)
     assert load_prompt_model(folder).tables["sentiment"].shape == (4, 64)
+    assert load_prompt_model(folder).templates[0]["metric"] == "accuracy"
+    # A prompt model from before templates named their metric: its task's old metric.
+    legacy = [{k: v for k, v in t.items() if k != "metric"} for t in meta["templates"]]
+    meta_file.write_text(json.dumps({**meta, "templates": legacy}))
+    assert load_prompt_model(folder).templates[0]["metric"] == "accuracy"
+    legacy[0]["taskname"] = "squad"
+    assert _with_metric(legacy[0])["metric"] == "squad"
 
 
 def test_predict_checks_pred_file_and_batch_size_before_any_work(tmp_path):

@@ -41,6 +41,7 @@ def tiny_config(model: pathlib.Path, data: dict[str, pathlib.Path], style: str =
             total_virtual_tokens=4,
             virtual_token_splits=(4,),
             answer_field="label",
+            answer_only_loss=True,
         ),
     )
     c.model.max_seq_length = 64

@@ -149,8 +149,20 @@ def load_prompt_model(directory: str | pathlib.Path) -> PromptModel:
                 f"{meta_path}: task {task!r} has {table.shape[0]} prompt rows but its template "
                 f"asks for {counts.get(task)!r} virtual tokens"
             )
+    meta["templates"] = [_with_metric(t) for t in meta["templates"]]
     fields = {f.name for f in dataclasses.fields(PromptModel)} - {"tables"}
     return PromptModel(tables=dict(tables), **{k: meta[k] for k in fields if k in meta})
+
+
+# Prompt models written before templates named their metric were scored by task name.
+_LEGACY_METRICS = {"squad": "squad", "intent_and_slot": "intent_slot"}
+
+
+def _with_metric(template: dict[str, Any]) -> dict[str, Any]:
+    """A stored template, with the metric its task was scored by when it names none."""
+    if "metric" in template:
+        return template
+    return {**template, "metric": _LEGACY_METRICS.get(template.get("taskname"), "accuracy")}
 
 
 def _check_meta(path: pathlib.Path, meta: Any) -> None:
