@@ -80,8 +80,8 @@ def _our_logits(prompt_model: pathlib.Path, ids: list[list[int]]) -> list[np.nda
 
     import ptlearn
     from ptlearn import prompted
+    from ptlearn.encoding import VIRTUAL_FILL_ID
     from ptlearn.gpt import GPT
-    from ptlearn.templates import VIRTUAL_FILL_ID
 
     lm = ptlearn.load(str(prompt_model))
     model, count = GPT(lm.config), lm.tables.shape[1]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 
-from ptlearn import distributed, prefix_caches, prompted, templates
+from ptlearn import distributed, encoding, prefix_caches, prompted
 from ptlearn.data import batching
 from ptlearn.errors import PtlearnError
 from ptlearn.generate import Sampling, decode, gather_rows
@@ -35,7 +35,7 @@ def sampling_from(inference: Any) -> Sampling:
 
 
 def generate_answers(
-    lm: PromptedLM, examples: Sequence[templates.EncodedExample], inference: Any
+    lm: PromptedLM, examples: Sequence[encoding.EncodedExample], inference: Any
 ) -> list[str]:
     """Decodes each inference-encoded example's answer, returned stripped, in input order."""
     tokenizer = lm.tokenizer
@@ -132,7 +132,7 @@ def rank_answers(
 ) -> list[str]:
     """For each record, the label of its task whose answer tokens have the lowest total NLL."""
     pad_id = lm.tokenizer.pad_id if lm.tokenizer.pad_id is not None else 0
-    candidates: list[tuple[int, str, templates.EncodedExample]] = []
+    candidates: list[tuple[int, str, encoding.EncodedExample]] = []
     for index, (line_no, record) in enumerate(records):
         task = record["taskname"]
         template = lm.templates[task]
@@ -144,7 +144,7 @@ def rank_answers(
             )
         for label in labels:
             filled = {**record, template.answer_field: label}
-            encoded = templates.encode_example(
+            encoded = encoding.encode_example(
                 template,
                 filled,
                 lm.tokenizer,

@@ -39,18 +39,17 @@ from ptlearn import (
     answers,
     cli,
     config_lib,
+    encoding,
     predict,
     prefix_caches,
     prompted,
     sharding,
-    templates,
     train_setup,
     training,
 )
 from ptlearn.checkpoints import load_model
 from ptlearn.data import batching
 from ptlearn.errors import ConfigError, PtlearnError
-from ptlearn.gpt import GPT
 from ptlearn.serving import serving_layout
 
 MODES = ("forward", "prompt", "ptune-mlp", "ptune-lstm", "generate")
@@ -219,34 +218,16 @@ def synthetic_config(args: Options, hidden_size: int) -> ml_collections.ConfigDi
 
 def synthetic_setup(args: Options, loaded: Any) -> training.Setup:
     """A training.Setup on one device for the synthetic task (no data files read)."""
-    c = synthetic_config(args, loaded.config.hidden_size)
-    encoder_config = train_setup.encoder_config_from(c.model, loaded.config)
     mesh = sharding.make_mesh(1, 1, sharding.select_devices(1))
-    model_config = train_setup.gpt_config_from(c, loaded.config, mesh)
-    return training.Setup(
-        config=c,
-        loaded=loaded,
-        model=GPT(model_config),
-        task_names=[TASK],
-        new_tasks=[TASK],
-        templates=templates.parse_task_templates(c.model.task_templates),
-        restored=None,
-        encoder_config=encoder_config,
-        train_examples=[],
-        val_examples=[],
-        val_records=[],
-        test_examples=[],
-        test_records=[],
-        label_sets={},
-        mesh=mesh,
-        rules=sharding.rules_from_config((), sequence_parallel=False),
-        accumulation=1,
+    rules = sharding.rules_from_config((), sequence_parallel=False)
+    return train_setup.without_data(
+        synthetic_config(args, loaded.config.hidden_size), loaded, mesh, rules
     )
 
 
 def synthetic_examples(
     rows: int, text_len: int, virtual: int, vocab_size: int, answer_tokens: int, seed: int
-) -> list[templates.EncodedExample]:
+) -> list[encoding.EncodedExample]:
     """`rows` examples: `virtual` virtual tokens, then `text_len` seeded ids in [17, vocab).
 
     answer_tokens: 0 puts the loss on every text token (as PEFT's labels=input_ids: the first
@@ -260,9 +241,9 @@ def synthetic_examples(
     loss_mask = np.zeros(length, np.float32)
     loss_mask[length - counted :] = 1.0
     virtual_index = np.concatenate([np.arange(virtual), np.full(text_len, -1)]).astype(np.int32)
-    fill = np.full(virtual, templates.VIRTUAL_FILL_ID)
+    fill = np.full(virtual, encoding.VIRTUAL_FILL_ID)
     return [
-        templates.EncodedExample(
+        encoding.EncodedExample(
             taskname=TASK,
             ids=np.concatenate([fill, row]).astype(np.int32),
             virtual_index=virtual_index,

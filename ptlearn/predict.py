@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptlearn import answers, deep_prompts, metrics, prompted, sharding, templates
+from ptlearn import answers, deep_prompts, encoding, metrics, prompted, sharding, templates
 from ptlearn.config_lib import inference_config
 from ptlearn.data import sources
 from ptlearn.errors import CheckpointError, PtlearnError
@@ -234,7 +234,7 @@ def predict_records(
     for line_no, record in records:
         answer_field = lm.templates[_check_task(lm, record, f"{source}:{line_no}")].answer_field
         inference_records.append((line_no, {k: v for k, v in record.items() if k != answer_field}))
-    encoded, _ = templates.encode_dataset(
+    encoded, _ = encoding.encode_dataset(
         inference_records,
         lm.templates,
         lm.tokenizer,

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptlearn import prompted, templates
+from ptlearn import encoding, prompted
 from ptlearn.generate import prefix_cache
 from ptlearn.gpt import GPT, cache_length
 
@@ -27,7 +27,7 @@ def prompted_inputs(config, lm_params, tables, ids, task_id, virtual_index):
     return prompted.prompted_inputs(GPT(config), lm_params, tables, ids, task_id, virtual_index)
 
 
-def shared_prefix_length(examples: Sequence[templates.EncodedExample]) -> int:
+def shared_prefix_length(examples: Sequence[encoding.EncodedExample]) -> int:
     """Leading tokens that all `examples` share, cut back to end at their last virtual token
     (the task's virtual prompt and the template text around it; 0 when none is shared).
     At least one token of every example is left after the prefix."""
@@ -43,7 +43,7 @@ def shared_prefix_length(examples: Sequence[templates.EncodedExample]) -> int:
     return int(virtual[-1]) + 1 if virtual.size else 0
 
 
-def _prefix_cache_of(lm: Any, example: templates.EncodedExample, length: int) -> Any:
+def _prefix_cache_of(lm: Any, example: encoding.EncodedExample, length: int) -> Any:
     """The KV cache [.., 1, length, K, D] of the example's first `length` tokens, computed
     once per task and prefix and kept on `lm` for later requests."""
     ids, virtual_index = example.ids[:length], example.virtual_index[:length]
@@ -67,8 +67,8 @@ def _prefix_cache_of(lm: Any, example: templates.EncodedExample, length: int) ->
 
 
 def split_prefixes(
-    lm: Any, examples: Sequence[templates.EncodedExample]
-) -> tuple[list[templates.EncodedExample], np.ndarray, np.ndarray, Any]:
+    lm: Any, examples: Sequence[encoding.EncodedExample]
+) -> tuple[list[encoding.EncodedExample], np.ndarray, np.ndarray, Any]:
     """Cuts each task's shared virtual-prompt prefix off its examples.
 
     Returns (the examples without their prefix; per example the prefix length and its row in

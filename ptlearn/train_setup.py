@@ -19,6 +19,7 @@ import numpy as np
 from ptlearn import (
     config_lib,
     deep_prompts,
+    encoding,
     numerics,
     prompt_encoders,
     prompts,
@@ -50,10 +51,10 @@ class Setup:
     templates: dict[str, templates.TaskTemplate]
     restored: PromptModel | None
     encoder_config: prompt_encoders.EncoderConfig | None
-    train_examples: list[templates.EncodedExample]
-    val_examples: list[templates.EncodedExample]
+    train_examples: list[encoding.EncodedExample]
+    val_examples: list[encoding.EncodedExample]
     val_records: list[tuple[int, dict]]
-    test_examples: list[templates.EncodedExample]  # model.data.test_ds, scored at the end
+    test_examples: list[encoding.EncodedExample]  # model.data.test_ds, scored at the end
     test_records: list[tuple[int, dict]]
     label_sets: dict[str, list[str]]
     mesh: Any  # jax.sharding.Mesh ("data", "fsdp", "model")
@@ -96,10 +97,10 @@ def _encode(
     tokenizer: Any,
     data_cfg: Any,
     max_seq_length: int,
-) -> list[templates.EncodedExample]:
+) -> list[encoding.EncodedExample]:
     encoded = []
     for name in dict.fromkeys(r[0] for r in records):
-        examples, stats = templates.encode_dataset(
+        examples, stats = encoding.encode_dataset(
             [(n, r) for f, n, r in records if f == name],
             task_templates,
             tokenizer,
@@ -331,6 +332,34 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
         rules=rules,
         accumulation=accumulation,
         numerics=chosen,
+    )
+
+
+def without_data(config: ml_collections.ConfigDict, loaded: Any, mesh: Any, rules: Any) -> Setup:
+    """A Setup of the config's new tasks that reads no data (benchmarks, plans): the model,
+    templates and encoder of `config` over `loaded`, on `mesh`, no examples."""
+    m = config.model
+    new_tasks = list(config_lib.as_tuple(m.new_tasks))
+    return Setup(
+        config=config,
+        loaded=loaded,
+        model=GPT(gpt_config_from(config, loaded.config, mesh)),
+        task_names=new_tasks,
+        new_tasks=new_tasks,
+        templates=templates.parse_task_templates(m.task_templates),
+        restored=None,
+        encoder_config=encoder_config_from(m, loaded.config),
+        train_examples=[],
+        val_examples=[],
+        val_records=[],
+        test_examples=[],
+        test_records=[],
+        label_sets={},
+        mesh=mesh,
+        rules=rules,
+        accumulation=sharding.accumulation_steps(
+            m.global_batch_size, m.micro_batch_size, mesh, rules
+        ),
     )
 
 

@@ -14,9 +14,9 @@ import ptlearn
 from ptlearn import deep_prompts, gpt, predict, prompted, training
 from ptlearn.checkpoints.prompt_model import load_prompt_model
 from ptlearn.data.jsonl import read_jsonl, write_jsonl
+from ptlearn.encoding import VIRTUAL_FILL_ID
 from ptlearn.errors import ConfigError
 from ptlearn.layers import apply_rope
-from ptlearn.templates import VIRTUAL_FILL_ID
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from tiny_model import sharp_attention
 
 from ptlearn import answers, config_lib, deep_prompts, gpt, predict, prefix_caches, serving
-from ptlearn.templates import VIRTUAL_FILL_ID, EncodedExample
+from ptlearn.encoding import VIRTUAL_FILL_ID, EncodedExample
 
 
 class _Digits:

@@ -7,8 +7,8 @@ import numpy as np
 
 from ptlearn import gpt, prompted
 from ptlearn.data import batching
+from ptlearn.encoding import EncodedExample
 from ptlearn.losses import token_nll
-from ptlearn.templates import EncodedExample
 
 
 def _example(task, length, virtual, answer, rng):

@@ -9,14 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ptlearn.encoding import check_example_fields, encode_dataset, encode_example
 from ptlearn.errors import DataError, TemplateError
-from ptlearn.templates import (
-    TaskTemplate,
-    check_example_fields,
-    encode_dataset,
-    encode_example,
-    parse_task_templates,
-)
+from ptlearn.templates import TaskTemplate, parse_task_templates
 
 
 class CharTokenizer:

@@ -78,7 +78,7 @@ def collate(
     length: int | None = None,
     num_targets: int | None = None,
 ) -> Batch:
-    """Stacks encoded examples (templates.EncodedExample) into padded arrays.
+    """Stacks encoded examples (encoding.EncodedExample) into padded arrays.
 
     Rows beyond len(examples) are padding rows with weight 0. Right padding for training,
     left padding (`left_pad`) for decoding. Returns ids, virtual_index, loss_mask, positions,
