@@ -22,7 +22,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ptlearn.gpt import GPT, GPTConfig, init_cache
 from ptlearn.layers import apply_rope
@@ -55,14 +54,14 @@ def _keys_values(config: GPTConfig, lm_params: Any, embeddings: jax.Array) -> ja
     return jnp.stack([keys, values], axis=1).transpose(2, 0, 1, 3, 4)  # [P, L, 2, K, D]
 
 
-def tables_from_embeddings(config: GPTConfig, lm_params: Any, embeddings: Any) -> np.ndarray:
+def tables_from_embeddings(config: GPTConfig, lm_params: Any, embeddings: Any) -> jax.Array:
     """The frozen GPT's keys (before rotary) and values at every layer for a sequence of input
     embeddings: embeddings [P, E] -> float32 [P, L, 2, K, D] (zeros [0, L, 2, K, D] for P = 0).
 
     lm_params: the GPT's tree under "params". Runs on the host's default device, once per task
-    at initialisation.
+    at initialisation; traceable, so a plan (ptlearn.plan) can take its shape alone.
     """
     embeddings = jnp.asarray(embeddings, jnp.float32)
     if embeddings.shape[0] == 0:
-        return np.zeros((0, *row_shape(config)), np.float32)
-    return np.asarray(_keys_values(config, lm_params, embeddings), np.float32)
+        return jnp.zeros((0, *row_shape(config)), jnp.float32)
+    return _keys_values(config, lm_params, embeddings).astype(jnp.float32)

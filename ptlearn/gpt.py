@@ -195,6 +195,9 @@ VARIANTS: dict[str, GPTConfig] = {
     "gpt-1.3b": GPTConfig(50304, 2048, 24, 16, 16, 128, 8192, 2048, **_MEGATRON),
     "gpt-5b": GPTConfig(50304, 4096, 24, 32, 32, 128, 16384, 2048, **_MEGATRON),
     "gpt-20b": GPTConfig(50304, 6144, 44, 48, 48, 128, 24576, 2048, **_MEGATRON),
+    # Llama 2's 7B and 13B shapes (Touvron et al. 2023), for plans beside NeMo's sizes.
+    "llama-7b": GPTConfig(32000, 4096, 32, 32, 32, 128, 11008, 4096, **_LLAMA),
+    "llama-13b": GPTConfig(32000, 5120, 40, 40, 40, 128, 13824, 4096, **_LLAMA),
 }
 
 
