@@ -33,7 +33,7 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 def test_readme_main_job_is_the_fpb_script():
     main_job = _readme_commands()[0]
-    assert main_job.endswith("bash experiments/fpb_ptuning.sh ../shared/data")
+    assert main_job.endswith("bash experiments/fpb_sentiment.sh ../shared/data")
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("[!_]*.py")), ids=lambda p: p.stem)
@@ -82,7 +82,7 @@ def test_main_job_script_end_to_end_on_a_tiny_model(shared_dir, tmp_path):
         "--config.model.data.validation_metric_examples=4",
     ]
     proc = subprocess.run(
-        ["bash", str(ROOT / "experiments" / "fpb_ptuning.sh"), str(shared_dir / "data"), *flags],
+        ["bash", str(ROOT / "experiments" / "fpb_sentiment.sh"), str(shared_dir / "data"), *flags],
         capture_output=True,
         text=True,
         env=env,
@@ -92,5 +92,6 @@ def test_main_job_script_end_to_end_on_a_tiny_model(shared_dir, tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["n"] == result["n_predictions"] > 100
     assert 0.0 <= result["accuracy"] <= 1.0
+    assert 0 < result["train_wall_time_s"] <= result["wall_time_s"]
     lines = (tmp_path / "run" / "test_predictions.txt").read_text().splitlines()
     assert len(lines) == result["n"]

@@ -1,0 +1,26 @@
+"""The FPB sentiment recipe: the best of experiments/fpb_methods (deep prompts, tables started
+from the frozen model's keys and values of a task description; 400 steps): 94.9 +- 1.1% test
+accuracy over 3 seeds in about 4 minutes of training on 2 CPU cores.
+
+  python -m ptlearn.train --config=sentiment --workdir=runs/sentiment \
+      --config.model.data.train_ds=data/fpb/train.jsonl \
+      --config.model.data.validation_ds=data/fpb/val.jsonl
+
+Arguments: data (the jsonl folder), model, steps, virtual (virtual tokens), seed.
+"""
+
+from ptlearn import config_lib
+
+
+def get_config(arg=None):
+    args = config_lib.parse_arg(
+        arg, data="data/fpb", model="default", steps=400, virtual=10, seed=1234
+    )
+    c = config_lib.load_config(
+        "sentiment_prefix_tuning",
+        f"init=text,projection=False,data={args.data},model={args.model},steps={args.steps},"
+        f"virtual={args.virtual},seed={args.seed}",
+    )
+    with c.unlocked():
+        c.model.data.validation_metric_examples = 1000  # all of FPB's validation split, ranked
+    return c
