@@ -63,10 +63,14 @@ def exclusive(folder: str | pathlib.Path, what: str) -> Iterator[None]:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip() or "?"
             raise ConfigError(
-                f"{folder} is in use by another ptlearn process (one {what} per folder); wait "
-                "for it to end, or use another folder"
+                f"{folder} is in use by pid {holder}, another ptlearn process (one {what} per "
+                "folder); wait for it to end, or use another folder"
             ) from None
+        # Who holds it, for the message above (the lock itself is the flock, not the text).
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(descriptor)

@@ -157,10 +157,11 @@ def test_a_key_added_later_at_its_default_is_no_change():
 
 def test_one_run_per_workdir(toy_data, tmp_path):
     with files.exclusive(tmp_path, "run"):
-        with pytest.raises(ConfigError, match="in use by another ptlearn process"):
+        with pytest.raises(ConfigError, match=r"in use by pid \d+, another ptlearn process"):
             ptlearn.train(_config(toy_data), tmp_path)
         busy = _cli([*_cli_flags(toy_data), f"--workdir={tmp_path}"])
-        assert busy.returncode == 2 and "in use by another ptlearn process" in busy.stderr
+        assert busy.returncode == 2 and "another ptlearn process" in busy.stderr
+        assert f"in use by pid {os.getpid()}" in busy.stderr
 
 
 def test_zero_shot_run_without_virtual_tokens_or_steps(toy_data, tmp_path):
