@@ -161,7 +161,6 @@ def build(config: Any, variant: str, micro_batch_size: int | None = None) -> Pla
     import flax.linen as nn
     import jax
     import numpy as np
-    import optax
     from jax.sharding import NamedSharding, PartitionSpec
 
     from ptlearn import gpt, masking, prompted, sharding, train_setup, training
@@ -198,15 +197,8 @@ def build(config: Any, variant: str, micro_batch_size: int | None = None) -> Pla
     tx, _ = training.make_optimizer(config, 100, trainable_labels)
     replicated = NamedSharding(mesh, PartitionSpec())
     trainable_shardings, _ = masking.split(shardings, labels)
-    opt_abstract = jax.eval_shape(tx.init, trainable)
-    opt_shardings = optax.tree_map_params(
-        tx,
-        lambda _, sharding_of_param: sharding_of_param,
-        opt_abstract,
-        trainable_shardings,
-        transform_non_params=lambda _: replicated,
-    )
-    opt_state = _abstract(opt_abstract, opt_shardings)
+    opt_shardings = training.optimizer_shardings(tx, trainable, trainable_shardings, replicated)
+    opt_state = _abstract(jax.eval_shape(tx.init, trainable), opt_shardings)
     scalar = jax.ShapeDtypeStruct((), np.int32, sharding=replicated)
     rng = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
     state = {

@@ -95,6 +95,18 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int, labels: 
     return optim.with_frozen(tx, labels), schedule
 
 
+def optimizer_shardings(tx: Any, trainable: Any, param_shardings: Any, replicated: Any) -> Any:
+    """The optimizer state's shardings: each moment like its parameter, counters replicated.
+    `trainable` may be arrays or ShapeDtypeStructs (only shapes are read)."""
+    return optax.tree_map_params(
+        tx,
+        lambda _, sharding_of_param: sharding_of_param,
+        jax.eval_shape(tx.init, trainable),
+        param_shardings,
+        transform_non_params=lambda _: replicated,
+    )
+
+
 def init_state(s: Setup, steps: int) -> tuple[dict, Any, optax.GradientTransformation, Any]:
     """(train state, frozen partition, optimizer, lr schedule) at step 0, placed on the mesh.
 
@@ -137,13 +149,7 @@ def init_state(s: Setup, steps: int) -> tuple[dict, Any, optax.GradientTransform
     trainable_shardings, _ = masking.split(shardings, labels)
     tx, schedule = make_optimizer(s.config, steps, trainable_labels)
     replicated = NamedSharding(s.mesh, PartitionSpec())
-    opt_shardings = optax.tree_map_params(
-        tx,
-        lambda _, sharding_of_param: sharding_of_param,
-        jax.eval_shape(tx.init, trainable),
-        trainable_shardings,
-        transform_non_params=lambda _: replicated,
-    )
+    opt_shardings = optimizer_shardings(tx, trainable, trainable_shardings, replicated)
     scalars = {
         "step": np.int32(0),
         "rng": np.asarray(jax.random.key_data(state_rng)),
