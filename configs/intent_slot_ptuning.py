@@ -7,7 +7,8 @@ Arguments: encoder, data, model, steps, virtual (virtual tokens), seed (prompt i
 order).
 """
 
-from ptlearn import config_lib, recipes
+from ptlearn import config_lib
+from ptlearn.configs import common
 
 
 def get_config(arg=None):
@@ -20,7 +21,7 @@ def get_config(arg=None):
         virtual=10,
         seed=1234,
     )
-    c = recipes.single_task_config("intent_and_slot", "p-tuning", args)
+    c = common.single_task_config("intent_and_slot", "p-tuning", args)
     c.model.max_seq_length = 128
     c.model.p_tuning.encoder_type = args.encoder
     c.model.p_tuning.encoder_hidden = 512

@@ -9,7 +9,8 @@ Arguments: encoder, model, steps, virtual (virtual tokens per task), seed (promp
 data order).
 """
 
-from ptlearn import config_lib, recipes
+from ptlearn import config_lib
+from ptlearn.configs import common
 
 TASKS = ("sentiment", "squad", "intent_and_slot")
 
@@ -19,8 +20,8 @@ def get_config(arg=None):
         arg, encoder="mlp", model="default", steps=700, virtual=10, seed=1234
     )
     c = config_lib.base_config()
-    recipes.set_seed(c, args.seed)
-    entries = [recipes.reference_task(task, args.virtual) for task in TASKS]
+    common.set_seed(c, args.seed)
+    entries = [common.reference_task(task, args.virtual) for task in TASKS]
     c.model.language_model_path = args.model
     c.model.virtual_prompt_style = "p-tuning"
     c.model.new_tasks = TASKS
@@ -39,5 +40,5 @@ def get_config(arg=None):
     c.trainer.limit_val_batches = 40
     c.inference.tokens_to_generate = 40
     c.inference.batch_size = 32
-    recipes.fastest_numerics(c)
+    common.fastest_numerics(c)
     return c

@@ -8,7 +8,8 @@ start from), projection (P-tuning v2's MLP reparameterisation instead of direct 
 model, steps, virtual (virtual tokens), seed (prompt init and data order).
 """
 
-from ptlearn import config_lib, recipes
+from ptlearn import config_lib
+from ptlearn.configs import common
 
 
 def get_config(arg=None):
@@ -22,7 +23,7 @@ def get_config(arg=None):
         virtual=10,
         seed=1234,
     )
-    c = recipes.single_task_config("sentiment", "prefix-tuning", args)
+    c = common.single_task_config("sentiment", "prefix-tuning", args)
     c.model.max_seq_length = 256
     c.model.prompt_tuning.new_prompt_init_methods = (args.init,)
     c.model.prompt_tuning.new_prompt_init_text = (

@@ -6,14 +6,15 @@ Arguments: init (text, random, vocab, labels), data, model, steps, virtual (virt
 seed (prompt init and data order).
 """
 
-from ptlearn import config_lib, recipes
+from ptlearn import config_lib
+from ptlearn.configs import common
 
 
 def get_config(arg=None):
     args = config_lib.parse_arg(
         arg, init="text", data="data/fpb", model="default", steps=600, virtual=10, seed=1234
     )
-    c = recipes.single_task_config("sentiment", "prompt-tuning", args)
+    c = common.single_task_config("sentiment", "prompt-tuning", args)
     c.model.max_seq_length = 256
     c.model.prompt_tuning.new_prompt_init_methods = (args.init,)
     c.model.prompt_tuning.new_prompt_init_text = (

@@ -8,14 +8,15 @@ biglstm, tpmlp), data (the jsonl folder), model ('default', 'tiny' or a path), s
 (virtual tokens), seed (prompt init and data order).
 """
 
-from ptlearn import config_lib, recipes
+from ptlearn import config_lib
+from ptlearn.configs import common
 
 
 def get_config(arg=None):
     args = config_lib.parse_arg(
         arg, encoder="mlp", data="data/fpb", model="default", steps=600, virtual=10, seed=1234
     )
-    c = recipes.single_task_config("sentiment", "p-tuning", args)
+    c = common.single_task_config("sentiment", "p-tuning", args)
     c.model.max_seq_length = 256
     c.model.p_tuning.encoder_type = args.encoder
     c.model.p_tuning.encoder_hidden = 1024

@@ -6,14 +6,15 @@
 Arguments: data, model, steps, virtual (virtual tokens), seed (prompt init and data order).
 """
 
-from ptlearn import config_lib, recipes
+from ptlearn import config_lib
+from ptlearn.configs import common
 
 
 def get_config(arg=None):
     args = config_lib.parse_arg(
         arg, data="data/squad", model="default", steps=400, virtual=20, seed=1234
     )
-    c = recipes.single_task_config("squad", "prompt-tuning", args)
+    c = common.single_task_config("squad", "prompt-tuning", args)
     c.model.max_seq_length = 384
     c.model.prompt_tuning.new_prompt_init_methods = ("text",)
     c.model.prompt_tuning.new_prompt_init_text = (

@@ -74,14 +74,15 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 
 
 def shipped_configs() -> dict[str, pathlib.Path]:
-    """Name -> file of every config shipped in the package `ptlearn.configs`."""
+    """Name -> file of every config shipped in the package `ptlearn.configs` (a file with a
+    `get_config`; common.py holds pieces the configs share)."""
     spec = importlib.util.find_spec("ptlearn.configs")
     folders = list(spec.submodule_search_locations or []) if spec else []
     return {
         p.stem: p
         for folder in folders
         for p in sorted(pathlib.Path(folder).glob("*.py"))
-        if not p.stem.startswith("_")
+        if not p.stem.startswith("_") and "def get_config(" in p.read_text()
     }
 
 

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from ptlearn import config_lib, recipes
+from ptlearn import config_lib
+from ptlearn.configs import common
 from ptlearn.errors import ConfigError
 
 
@@ -38,7 +39,7 @@ ARGS = config_lib.parse_arg(None, model="default", data="d", steps=10, virtual=1
     ],
 )
 def test_validate_names_the_key(key, value, message):
-    config = recipes.single_task_config("sentiment", "p-tuning", ARGS)
+    config = common.single_task_config("sentiment", "p-tuning", ARGS)
     section, name = key.split(".")
     config[section][name] = value
     with pytest.raises(ConfigError, match=message):
@@ -81,7 +82,7 @@ def test_batch_chains_auto_is_two_on_cpu_unless_the_batch_is_split():
 
     from ptlearn import sharding, train_setup
 
-    m = recipes.single_task_config("sentiment", "p-tuning", ARGS).model
+    m = common.single_task_config("sentiment", "p-tuning", ARGS).model
     m.micro_batch_size = 8
     one = sharding.make_mesh(1, 1, jax.devices()[:1])
     assert train_setup.batch_chains(m, one) == 2

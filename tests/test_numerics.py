@@ -5,7 +5,8 @@ import logging
 
 import pytest
 
-from ptlearn import config_lib, numerics, recipes
+from ptlearn import config_lib, numerics
+from ptlearn.configs import common
 
 
 @dataclasses.dataclass
@@ -15,7 +16,7 @@ class _Device:
 
 def _auto_config():
     config = config_lib.base_config()
-    recipes.fastest_numerics(config)
+    common.fastest_numerics(config)
     return config
 
 

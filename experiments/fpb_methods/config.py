@@ -26,7 +26,8 @@ import pathlib
 
 import numpy as np
 
-from ptlearn import config_lib, recipes
+from ptlearn import config_lib
+from ptlearn.configs import common
 
 PROMPT_INITS = ("text", "random", "vocab", "labels")
 ENCODERS = ("mlp", "lstm", "biglstm", "tpmlp")
@@ -51,30 +52,30 @@ def _demonstrations(train_file: str, shots: int, seed: int) -> str:
 def get_config(arg=None):
     args = config_lib.parse_arg(arg, method="prompt-text", seed=0, model="default", data="data/fpb")
     method = args.method
-    common = f"seed={args.seed},model={args.model},data={args.data}"
+    shared_args = f"seed={args.seed},model={args.model},data={args.data}"
     untrained = method.startswith(("zero-shot", "in-context"))
     if method.startswith("prefix-"):
         projection = {"prefix-text": False, "prefix-mlp": True}.get(method)
         if projection is None:
             raise config_lib.ConfigError(f"method={method!r}: use prefix-text or prefix-mlp")
         config = config_lib.load_config(
-            "sentiment_prefix_tuning", f"init=text,projection={projection},{common}"
+            "sentiment_prefix_tuning", f"init=text,projection={projection},{shared_args}"
         )
     elif method.startswith("ptune-"):
         encoder = method.removeprefix("ptune-")
-        config = config_lib.load_config("sentiment_ptuning", f"encoder={encoder},{common}")
+        config = config_lib.load_config("sentiment_ptuning", f"encoder={encoder},{shared_args}")
     elif method.startswith("prompt-") or untrained:
         init = method.removeprefix("prompt-") if method.startswith("prompt-") else "text"
         virtual = 0 if untrained else 10
         config = config_lib.load_config(
-            "sentiment_prompt_tuning", f"init={init},virtual={virtual},{common}"
+            "sentiment_prompt_tuning", f"init={init},virtual={virtual},{shared_args}"
         )
     else:
         raise config_lib.ConfigError(f"method={method!r} is not one of this table's methods")
     with config.unlocked():
         config.trainer.max_steps = 400
         config.trainer.val_check_interval = 100
-        recipes.fast_cpu_training(config)
+        common.fast_cpu_training(config)
         config.model.data.validation_metric_examples = 0
         if untrained:
             shots = int(method.split("-")[2]) if method.startswith("in-context") else 0

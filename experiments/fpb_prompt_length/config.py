@@ -13,7 +13,8 @@ experiments/results/fpb_sentiment.md), val_loss every 100 steps picks the checkp
 test split is scored by greedy generation. Arguments as sentiment_prompt_tuning's.
 """
 
-from ptlearn import config_lib, recipes
+from ptlearn import config_lib
+from ptlearn.configs import common
 
 
 def get_config(arg=None):
@@ -21,7 +22,7 @@ def get_config(arg=None):
     with config.unlocked():
         config.trainer.max_steps = 400
         config.trainer.val_check_interval = 100
-        recipes.fast_cpu_training(config)
+        common.fast_cpu_training(config)
         config.model.data.validation_metric_examples = 0  # val_loss only; the test is generated
     return config
 

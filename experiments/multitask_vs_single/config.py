@@ -15,7 +15,8 @@ task (same encoder, optimizer and step budget, so a single-task run sees its tas
 as often). 400 steps, bf16, full rematerialisation; every run scored on its tasks' test splits.
 """
 
-from ptlearn import config_lib, recipes
+from ptlearn import config_lib
+from ptlearn.configs import common
 
 TASKS = ("sentiment", "squad", "intent_and_slot")
 
@@ -35,7 +36,7 @@ def get_config(arg=None):
                 m.data[key] = (m.data[key][keep],)
         config.trainer.max_steps = 400
         config.trainer.val_check_interval = 100
-        recipes.fast_cpu_training(config)
+        common.fast_cpu_training(config)
     return config
 
 

@@ -1,6 +1,7 @@
-"""The seed applications (SPEC sections 2-3) as config pieces the shipped configs combine: each
-task's reference template and data folder, the CPU training recipe, the numerics, the seeds.
-config_lib.py owns the config's keys; this module fills them in."""
+"""The pieces the shipped configs combine (not a config itself): the seed applications' (SPEC
+sections 2-3) templates and data folders, the CPU training recipe, the numerics, the seeds.
+config_lib.py owns the config's keys; this module fills them in. Configs and experiments
+import it as `from ptlearn.configs import common`."""
 
 from __future__ import annotations
 
