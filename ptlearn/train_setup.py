@@ -61,6 +61,15 @@ class Setup:
     rules: Any  # logical-axis rules (sharding.Rules)
     accumulation: int  # micro-batches per step: global / (micro x data-parallel)
     numerics: dict[str, str] = dataclasses.field(default_factory=dict)  # what "auto" chose
+    # The base model's weights on the mesh, placed by the first init_state, which then drops
+    # the host copy (`loaded.params`): each later run of this Setup shares them.
+    lm_on_mesh: Any = None
+
+
+def base_params(s: Setup) -> Any:
+    """The base model's weights (the tree under "params"): on the mesh once a run placed them,
+    the host copy before. Either feeds GPT.apply (gpt.pack_params)."""
+    return s.loaded.params if s.lm_on_mesh is None else s.lm_on_mesh
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,7 +392,7 @@ def init_prompt_params(s: Setup, rng: jax.Array) -> dict[str, Any]:
             params["tables"] = {
                 task: prompts.box_table(
                     deep_prompts.tables_from_embeddings(
-                        s.model.config, s.loaded.params, nn.meta.unbox(table)
+                        s.model.config, base_params(s), nn.meta.unbox(table)
                     )
                 )
                 for task, table in params["tables"].items()
@@ -446,7 +455,7 @@ def _init_tables(s: Setup, num_tokens: Sequence[int], rng: jax.Array) -> dict[st
         num_tokens,
         methods,
         token_ids,
-        s.loaded.params["embed"]["embedding"],
+        base_params(s)["embed"]["embedding"],
         rng,
     )
 

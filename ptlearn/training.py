@@ -115,29 +115,26 @@ def init_state(s: Setup, steps: int) -> tuple[dict, Any, optax.GradientTransform
     the base model and restore_path, never checkpointed and never handed to the optimizer.
     Shardings come from the parameters' logical axes: the LM Megatron-style over the model
     axis, prompts replicated (tpmlp's hidden split), the optimizer state like its parameters.
-    The base model's host weights move to the device: `s.loaded.params` is None afterwards.
+    The first call places the base model's weights on the mesh and drops their host copy
+    (`s.loaded.params`); later calls share the placed copy, so a Setup serves several runs.
     """
-    if s.loaded.params is None:
-        raise ConfigError(
-            "init_state: this Setup's base-model weights already went to the device in an "
-            "earlier init_state; build a new Setup (train.setup) for another run"
-        )
     init_rng, state_rng = jax.random.split(jax.random.key(s.config.model.seed))
     boxed_prompt = init_prompt_params(s, init_rng)
-    shardings = {
-        "lm": prompted.lm_shardings(s.model.config, s.mesh, s.rules),
-        "prompt": sharding.logical_to_sharding(boxed_prompt, s.mesh, s.rules),
-    }
-    dtype = s.model.config.param_dtype
+    prompt_shardings = sharding.logical_to_sharding(boxed_prompt, s.mesh, s.rules)
+    lm_shardings = prompted.lm_shardings(s.model.config, s.mesh, s.rules)
+    if s.lm_on_mesh is None:
+        dtype = s.model.config.param_dtype
+        host = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype), s.loaded.params)
+        s.lm_on_mesh = jax.device_put(gpt.pack_params(host), lm_shardings)
+        # The mesh copy is the model from here on (frozen["lm"]); the host copy would double it.
+        s.loaded.params = None
     params = {
-        "lm": gpt.pack_params(
-            jax.tree_util.tree_map(lambda x: np.asarray(x, dtype), s.loaded.params)
+        "lm": s.lm_on_mesh,
+        "prompt": jax.device_put(
+            jax.tree_util.tree_map(np.asarray, nn.meta.unbox(boxed_prompt)), prompt_shardings
         ),
-        "prompt": jax.tree_util.tree_map(np.asarray, nn.meta.unbox(boxed_prompt)),
     }
-    params = jax.device_put(params, shardings)
-    # The device copy is the model from here on (frozen["lm"]); the host copy would double it.
-    s.loaded.params = None
+    shardings = {"lm": lm_shardings, "prompt": prompt_shardings}
     labels = masking.param_labels(params, freeze_rules(s))
     trainable, frozen = masking.split(params, labels)
     if any(leaf is not None for leaf in jax.tree_util.tree_leaves(trainable["lm"])):

@@ -112,6 +112,9 @@ def test_one_step_trains_only_the_deep_prompt(tiny, projection):
     else:
         assert prompt["tables"]["sentiment"].shape == (4, *deep_prompts.row_shape(s.model.config))
     before = jax.tree.map(np.array, prompt)
+    # The Setup serves a second run, its tables started from the model's placed copy alike.
+    again, _, _, _ = training.init_state(s, 6)
+    jax.tree.map(np.testing.assert_array_equal, again["trainable"], state["trainable"])
     new_state, stats = training.make_train_step(s, tx)(state, frozen, training.Batches(s).get(0, 0))
     assert np.isfinite(float(stats["loss"]))
     changed = jax.tree.map(
