@@ -195,6 +195,9 @@ def base_config() -> ml_collections.ConfigDict:
         # val_check_interval, e.g. 1.0 = once an epoch), in whole steps.
         val_check_epochs=0.0,
         limit_val_batches=0,  # 0: the whole validation set each time
+        # 0: the whole test split; N: its first N loss batches and N x inference.batch_size
+        # answered records (Lightning's knob, for smoke runs of a config).
+        limit_test_batches=0,
         gradient_clip_val=1.0,
         resume_from_checkpoint="",
     )
@@ -437,6 +440,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("trainer.val_check_epochs must be >= 0 (0: use val_check_interval)")
     if config.trainer.val_check_interval < 1 or config.trainer.log_every_n_steps < 1:
         raise ConfigError("trainer.val_check_interval and trainer.log_every_n_steps must be >= 1")
+    for key in ("limit_val_batches", "limit_test_batches"):
+        if config.trainer[key] < 0:
+            raise ConfigError(f"trainer.{key} must be >= 0 (0: all batches)")
     monitor = config.exp_manager.checkpoint_callback_params
     if monitor.mode not in ("min", "max"):
         raise ConfigError("exp_manager.checkpoint_callback_params.mode must be 'min' or 'max'")

@@ -33,7 +33,11 @@ def validate_loss(
         return {}
     task_index = {t: i for i, t in enumerate(s.task_names)}
     size = s.config.model.micro_batch_size
-    limit = s.config.trainer.limit_val_batches if prefix == "val" else 0
+    limit = (
+        s.config.trainer.limit_test_batches
+        if prefix == "test"
+        else s.config.trainer.limit_val_batches
+    )
     examples = sorted(examples, key=lambda e: len(e.ids))
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}

@@ -422,10 +422,10 @@ def _finish(s, state, frozen, checkpoints, workdir, step, stopped, log, record) 
     test = validate_loss(
         s, make_eval_step(s), state["trainable"], frozen, s.test_examples, prefix="test"
     )
+    limit = s.config.trainer.limit_test_batches * s.config.inference.batch_size
+    records = s.test_records[:limit] if limit else s.test_records
     test.update(
-        validate_tasks(
-            s, params["lm"], frozen_tables(s, params["prompt"]), s.test_records, prefix="test"
-        )
+        validate_tasks(s, params["lm"], frozen_tables(s, params["prompt"]), records, prefix="test")
     )
     trainable = sum(
         int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state["trainable"]["prompt"])

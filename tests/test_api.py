@@ -185,6 +185,20 @@ def test_zero_shot_run_without_virtual_tokens_or_steps(toy_data, tmp_path):
     assert lm.predict(records) == lm.rank(records)
 
 
+def test_limit_test_batches_scores_the_first_batches_of_the_test_split(toy_data, tmp_path):
+    config = ptlearn.load_config(
+        "sentiment_prompt_tuning",
+        f"model=tiny,data={toy_data},virtual=0",
+        **{"trainer.max_steps": 0, "trainer.limit_test_batches": 2, "inference.batch_size": 4},
+    )
+    run = ptlearn.train(config, tmp_path)
+    assert run.test["test_sentiment/n"] == 8  # of 12: two batches of 4
+    with pytest.raises(ConfigError, match="trainer.limit_test_batches must be >= 0"):
+        with config.unlocked():
+            config.trainer.limit_test_batches = -1
+        ptlearn.train(config, tmp_path / "bad")
+
+
 def test_predict_cli_answers_as_the_python_api(toy_data, tmp_path):
     run = ptlearn.train(_config(toy_data), tmp_path / "w")
     proc = subprocess.run(

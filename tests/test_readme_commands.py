@@ -26,6 +26,7 @@ TINY_RUN = [
     "--config.trainer.max_steps=2",
     "--config.trainer.val_check_interval=2",
     "--config.trainer.limit_val_batches=1",
+    "--config.trainer.limit_test_batches=1",
     "--config.model.data.validation_metric_examples=2",
     "--config.model.optim.sched.warmup_steps=1",
 ]
