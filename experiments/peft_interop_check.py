@@ -1,6 +1,6 @@
 """PEFT loads ptlearn's exports, and ptlearn PEFT's adapters, with the same logits.
 
-  PTLEARN_PEER_PYTHON=/tmp/peer-venv/bin/python python experiments/peft_interop_check.py WORKDIR [MODEL]
+  PTLEARN_PEER_PYTHON=PEER_VENV/bin/python python experiments/peft_interop_check.py WORKDIR [MODEL]
 
 Both ways, on MODEL (`default`, the published check; `tiny` in the test suite): FPB prompt tuning and deep prompts trained by ptlearn (20 bf16
 steps each in WORKDIR) exported as PEFT adapters (`ptlearn.export.to_peft`), and adapters PEFT
