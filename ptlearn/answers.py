@@ -40,7 +40,7 @@ def generate_answers(
     """Decodes each inference-encoded example's answer, returned stripped, in input order."""
     tokenizer = lm.tokenizer
     eos = (tokenizer.eos_id,) if tokenizer.eos_id is not None else ()
-    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    pad_id = tokenizer.fill_id
     sampling = sampling_from(inference)
     stops = stop_strings(inference)
     examples, prefix_lengths, prefix_rows, prefixes = prefix_caches.split_prefixes(lm, examples)
@@ -131,7 +131,7 @@ def rank_answers(
     batch_size: int,
 ) -> list[str]:
     """For each record, the label of its task whose answer tokens have the lowest total NLL."""
-    pad_id = lm.tokenizer.pad_id if lm.tokenizer.pad_id is not None else 0
+    pad_id = lm.tokenizer.fill_id
     candidates: list[tuple[int, str, encoding.EncodedExample]] = []
     for index, (line_no, record) in enumerate(records):
         task = record["taskname"]

@@ -20,7 +20,6 @@ non-padding ones including virtual tokens, `text_tokens_per_s` the non-padding t
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import platform
@@ -30,19 +29,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
 
 from ptlearn import (
-    answers,
     cli,
     config_lib,
     encoding,
-    predict,
-    prefix_caches,
-    prompted,
     sharding,
     train_setup,
     training,
@@ -50,7 +44,6 @@ from ptlearn import (
 from ptlearn.checkpoints import load_model
 from ptlearn.data import batching
 from ptlearn.errors import ConfigError, PtlearnError
-from ptlearn.serving import serving_layout
 
 MODES = ("forward", "prompt", "ptune-mlp", "ptune-lstm", "generate")
 DTYPES = {"float32": "32", "bfloat16": "bf16"}  # --dtype -> trainer.precision
@@ -254,11 +247,6 @@ def synthetic_examples(
     ]
 
 
-def pad_id_of(loaded: Any) -> int:
-    pad = loaded.tokenizer.pad_id
-    return 0 if pad is None else pad
-
-
 def header(args: Options, mode: str, model: str) -> dict[str, Any]:
     return {
         "mode": mode,
@@ -273,7 +261,7 @@ def header(args: Options, mode: str, model: str) -> dict[str, Any]:
     }
 
 
-def _rates(median: float, padded: float, real: float, text: float) -> dict[str, float]:
+def rates(median: float, padded: float, real: float, text: float) -> dict[str, float]:
     return {
         "median_s_per_step": round(median, 6),
         "tokens_per_s": round(padded / median, 1),
@@ -304,7 +292,7 @@ def bench_fixed(args: Options) -> dict[str, Any]:
         {TASK: 0},
         batch_size=args.batch,
         max_length=s.config.model.max_seq_length,
-        pad_id=pad_id_of(loaded),
+        pad_id=loaded.tokenizer.fill_id,
     )
     state, frozen, tx, _ = training.init_state(s, args.steps + 1)
     result = header(args, args.mode, args.model)
@@ -337,7 +325,7 @@ def bench_fixed(args: Options) -> dict[str, Any]:
             loss = float(holder["stats"]["loss"])
     real = float(host["attention_mask"].sum())
     text = float((host["attention_mask"] & (host["virtual_index"] < 0)).sum())
-    result.update(_rates(statistics.median(times), host["ids"].size, real, text))
+    result.update(rates(statistics.median(times), host["ids"].size, real, text))
     result.update(
         {
             "padded_length": int(host["ids"].shape[1]),
@@ -378,80 +366,6 @@ def encoder_text(s: training.Setup) -> str | None:
     return f"{e.encoder_type}, {e.num_layers} layers, hidden {e.encoder_hidden}"
 
 
-def bench_generate(args: Options) -> dict[str, Any]:
-    """Greedy decoding of `--new_tokens` per row for `--batch` prompt-tuned prompts of
-    `--prompt_len` text tokens, through answers.generate_answers with EOS disabled."""
-    loaded = load_model(args.model, dtype=args.frozen_dtype)
-    load_peak = peak_rss_mb()
-    s = synthetic_setup(args, loaded)
-    prompt_params = nn.meta.unbox(training.init_prompt_params(s, jax.random.key(args.seed)))
-    tables = prompted.stack_tables(training.frozen_tables(s, prompt_params), s.task_names)
-    examples = synthetic_examples(
-        args.batch, args.prompt_len, args.virtual_tokens, loaded.config.vocab_size, 1, args.seed
-    )
-    # Inference examples carry no answer and no loss.
-    examples = [
-        dataclasses.replace(e, loss_mask=np.zeros_like(e.loss_mask), answer_start=len(e.ids))
-        for e in examples
-    ]
-    # Without an EOS id the decoder never stops early: every row makes --new_tokens tokens.
-    tokenizer = copy.copy(loaded.tokenizer)
-    tokenizer.eos_id = None
-    # load_model already gave --frozen_dtype, the model's param_dtype.
-    config, lm_params = serving_layout(s.model.config, loaded.params)
-    lm = predict.PromptedLM(
-        config=config,
-        lm_params=jax.device_put(lm_params),
-        tables=tables,
-        task_names=s.task_names,
-        templates=s.templates,
-        tokenizer=tokenizer,
-        max_seq_length=args.virtual_tokens + args.prompt_len + args.new_tokens,
-        add_bos=False,
-        add_eos=False,
-    )
-    inference = config_lib.inference_config()
-    inference.greedy = True
-    inference.tokens_to_generate = args.new_tokens
-    inference.batch_size = args.batch
-    compile_s, times = time_calls(
-        lambda: answers.generate_answers(lm, examples, inference), args.steps, args.profile_dir
-    )
-    # The task's shared prefix comes from its KV cache; the rest is prefilled, bucketed.
-    prefix = prefix_caches.shared_prefix_length(examples)
-    prompt_length = prefix + batching.bucket_length(
-        len(examples[0].ids) - prefix, lm.max_seq_length
-    )
-    median = statistics.median(times)
-    new = args.batch * args.new_tokens
-    result = header(args, "generate", args.model)
-    result["seq"] = args.prompt_len  # the prompts' text tokens; --seq is for the step modes
-    result.update(
-        _rates(
-            median,
-            args.batch * (prompt_length + args.new_tokens),
-            args.batch * (len(examples[0].ids) + args.new_tokens),
-            args.batch * (args.prompt_len + args.new_tokens),
-        )
-    )
-    result.update(
-        {
-            "gen_tokens_per_s": round(new / median, 2),
-            "prompt_len": args.prompt_len,
-            "padded_prompt_length": prompt_length,
-            "cached_prefix_length": prefix,
-            "new_tokens": args.new_tokens,
-            "step": "answers.generate_answers: task prefix from its KV cache, prefill, "
-            "compiled decode loop, detokenize",
-            "step_times_s": [round(t, 6) for t in times],
-            "compile_s": round(compile_s, 2),
-            "peak_rss_mb": round(peak_rss_mb(), 1),
-            "peak_rss_after_load_mb": round(load_peak, 1),
-        }
-    )
-    return result
-
-
 # --------------------------------------------------------------------------------------------
 # Entry point
 
@@ -464,7 +378,12 @@ def benchmark(args: Options) -> dict[str, Any]:
         result = bench_data.bench_data(args)
     else:
         args.model = args.model or "default"
-        result = bench_generate(args) if args.mode == "generate" else bench_fixed(args)
+        if args.mode == "generate":
+            from ptlearn import bench_generate  # it builds on this module's shared pieces
+
+            result = bench_generate.bench_generate(args)
+        else:
+            result = bench_fixed(args)
     result.update(device_description())
     return result
 

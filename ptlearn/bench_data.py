@@ -19,7 +19,6 @@ from ptlearn.bench import (
     Options,
     encoder_text,
     header,
-    pad_id_of,
     param_summary,
     peak_rss_mb,
 )
@@ -71,7 +70,7 @@ def bench_data(args: Options) -> dict[str, Any]:
     state, frozen, tx, _ = training.init_state(s, config.trainer.max_steps)
     batches = training.Batches(s)
     positions = [divmod(i, batches.per_epoch) for i in range(args.steps)]
-    pad_id = pad_id_of(s.loaded)
+    pad_id = s.loaded.tokenizer.fill_id
 
     def padded_fetch(epoch: int, index: int) -> dict[str, Any]:
         host = distributed.to_host(batches.get(epoch, index))

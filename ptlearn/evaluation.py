@@ -17,12 +17,6 @@ from ptlearn.data import batching
 from ptlearn.train_setup import Setup, adds_bos
 
 
-def pad_id(s: Setup) -> int:
-    """The tokenizer's padding id (0 when it has none)."""
-    pad = s.loaded.tokenizer.pad_id
-    return pad if pad is not None else 0
-
-
 def validate_loss(
     s: Setup, eval_step, trainable, frozen, examples=None, prefix: str = "val"
 ) -> dict[str, float]:
@@ -50,7 +44,7 @@ def validate_loss(
             task_index,
             batch_size=size,
             max_length=s.config.model.max_seq_length,
-            pad_id=pad_id(s),
+            pad_id=s.loaded.tokenizer.fill_id,
         )
         nll, count = distributed.to_host(eval_step(trainable, frozen, batch))
         for example, row_nll, row_count in zip(chunk, nll, count, strict=False):
@@ -66,6 +60,22 @@ def frozen_tables(s: Setup, prompt_params: Any) -> dict[str, np.ndarray]:
     """Per-task [P, E] tables for serving (p-tuning's encoder output frozen)."""
     frozen = prompts.freeze_to_tables(prompt_params, s.encoder_config, s.task_names)
     return {t: np.asarray(v, np.float32) for t, v in distributed.to_host(frozen["tables"]).items()}
+
+
+def prompted_lm(s: Setup, lm_params: Any, tables: Mapping[str, np.ndarray]) -> predict.PromptedLM:
+    """The run's model as a PromptedLM (its templates, tokenizer and encoding) with these
+    weights and per-task tables; a prompt model on disk loads through predict.load instead."""
+    return predict.PromptedLM(
+        config=s.model.config,
+        lm_params=lm_params,
+        tables=prompted.stack_tables(tables, s.task_names),
+        task_names=s.task_names,
+        templates=s.templates,
+        tokenizer=s.loaded.tokenizer,
+        max_seq_length=s.config.model.max_seq_length,
+        add_bos=adds_bos(s.config.model.data, s.loaded.tokenizer),
+        add_eos=s.config.model.data.add_eos,
+    )
 
 
 def validate_tasks(
@@ -85,17 +95,7 @@ def validate_tasks(
         records = s.val_records[:limit] if limit else []
     if not records:
         return {}
-    lm = predict.PromptedLM(
-        config=s.model.config,
-        lm_params=lm_params,
-        tables=prompted.stack_tables(tables, s.task_names),
-        task_names=s.task_names,
-        templates=s.templates,
-        tokenizer=s.loaded.tokenizer,
-        max_seq_length=s.config.model.max_seq_length,
-        add_bos=adds_bos(s.config.model.data, s.loaded.tokenizer),
-        add_eos=s.config.model.data.add_eos,
-    )
+    lm = prompted_lm(s, lm_params, tables)
     predictions = answers(lm, records, s.config.inference, s.label_sets, method)
     flat = {}
     for task, values in predict.score(lm, records, predictions).items():

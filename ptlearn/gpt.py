@@ -77,7 +77,7 @@ class GPTConfig:
     # decode step; separate per-layer buffers are read in place.
     scan_layers: bool = True
     # True: kernels stored [*out, *in] (`serving_layout`): XLA:CPU's bf16 dots with a few rows
-    # (a decode step) read such a kernel 1.3-2x faster than [*in, *out].
+    # (a decode step) read such a kernel faster than [*in, *out].
     kernels_out_first: bool = False
 
     def __post_init__(self) -> None:

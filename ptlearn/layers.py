@@ -71,6 +71,22 @@ class DenseGeneral(nn.Module):
         return y
 
 
+def _dense(
+    owner: nn.Module, features: tuple[int, ...], axes: tuple[str, ...], name: str
+) -> DenseGeneral:
+    """A DenseGeneral of `owner` (Attention, MLP) with its bias, dtypes and kernel layout."""
+    return DenseGeneral(
+        features,
+        axes,
+        use_bias=owner.use_bias,
+        dtype=owner.dtype,
+        param_dtype=owner.param_dtype,
+        matmul_dtype=owner.matmul_dtype,
+        out_first=owner.kernels_out_first,
+        name=name,
+    )
+
+
 class Embed(nn.Module):
     """A lookup table [num_embeddings, features]; `attend` reuses it as a tied output head."""
 
@@ -190,8 +206,8 @@ def dot_product_attention(
     num_kv_heads = k.shape[2]
     matmul_dtype = matmul_dtype or dtype
     # Heads-major operands ([B, K, G, T, D], [B, K, S, D]) transposed once here: XLA:CPU
-    # otherwise re-lays-out the grouped products around every dot (bf16, 4 x 138 tokens,
-    # forward + backward of one layer: 5.2 -> 4.1 ms).
+    # otherwise re-lays-out the grouped products around every dot (timings: experiments/
+    # bench_vs_peft.md, "Measurements behind the layout").
     q = q.reshape(batch, length, num_kv_heads, num_heads // num_kv_heads, head_dim)
     q = q.transpose(0, 2, 3, 1, 4)
     k, v = k.astype(q.dtype).transpose(0, 2, 1, 3), v.astype(dtype).transpose(0, 2, 1, 3)
@@ -250,16 +266,7 @@ class Attention(nn.Module):
         features = x.shape[-1]
 
         def projection(num: int, axes: tuple[str, str, str], name: str) -> nn.Module:
-            return DenseGeneral(
-                (num, self.head_dim),
-                axes,
-                use_bias=self.use_bias,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                matmul_dtype=self.matmul_dtype,
-                out_first=self.kernels_out_first,
-                name=name,
-            )
+            return _dense(self, (num, self.head_dim), axes, name)
 
         q = projection(self.num_heads, ("embed", "heads", "head_dim"), "query")(x)
         k = projection(self.num_kv_heads, ("embed", "kv_heads", "head_dim"), "key")(x)
@@ -319,16 +326,7 @@ class MLP(nn.Module):
         features = x.shape[-1]
 
         def dense(out: int, axes: tuple[str, str], name: str) -> nn.Module:
-            return DenseGeneral(
-                (out,),
-                axes,
-                use_bias=self.use_bias,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                matmul_dtype=self.matmul_dtype,
-                out_first=self.kernels_out_first,
-                name=name,
-            )
+            return _dense(self, (out,), axes, name)
 
         up = dense(self.hidden, ("embed", "mlp"), "up")(x)
         if self.activation == "swiglu":

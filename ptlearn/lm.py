@@ -107,7 +107,7 @@ def cmd_generate(args: Any) -> dict:
             f"the model's context ({loaded.config.max_position_embeddings}) leaves after the prompt"
         )
     eos = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
-    # Decoding runs faster on the serving layout (float32, one row: 2.8 -> 1.9 s for 64 tokens).
+    # Decoding runs faster on the serving layout (unrolled layers: no stack copy per step).
     config, params = serving_layout(loaded.config, loaded.params)
     (new_ids,) = generate(
         config,
@@ -116,7 +116,7 @@ def cmd_generate(args: Any) -> dict:
         tokens_to_generate=args.tokens_to_generate,
         sampling=sampling,
         eos_ids=eos,
-        pad_id=tokenizer.pad_id if tokenizer.pad_id is not None else 0,
+        pad_id=tokenizer.fill_id,
         seed=args.seed,
     )
     return {"text": tokenizer.decode(new_ids), "token_ids": new_ids}

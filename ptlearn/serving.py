@@ -48,9 +48,8 @@ def serving_layout(config: GPTConfig, params: Any) -> tuple[GPTConfig, Any]:
     (`unstack_layers`) and, for 16-bit weights, kernels stored out-first
     (`GPTConfig.kernels_out_first`).
 
-    Measured on the default model, 64 greedy tokens for 8 rows: bf16 unrolled 2.43 s, with
-    out-first kernels 2.06 s; float32 out-first is slower (3.91 -> 5.97 s), so it stays
-    in-first. Host (numpy) leaves stay on the host; the transposes are copied once, by
+    Out-first kernels speed up bf16 decoding but slow float32's, which stays in-first
+    (experiments/bench_vs_peft.md, "Measurements behind the layout"). Host (numpy) leaves stay on the host; the transposes are copied once, by
     device_put. Inputs already in the serving layout pass through.
     """
     config, params = unstack_layers(config, params)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from ptlearn import distributed, evaluation, sharding
+from ptlearn import distributed, sharding
 from ptlearn.data import batching
 from ptlearn.errors import DataError
 from ptlearn.train_setup import Setup
@@ -77,7 +77,7 @@ class Batches:
             self.task_index,
             batch_size=local.size,
             max_length=m.max_seq_length,
-            pad_id=evaluation.pad_id(self.s),
+            pad_id=self.s.loaded.tokenizer.fill_id,
             length=length,
             num_targets=num_targets,
         )

@@ -65,6 +65,11 @@ class Setup:
     # the host copy (`loaded.params`): each later run of this Setup shares them.
     lm_on_mesh: Any = None
 
+    @property
+    def existing_tasks(self) -> list[str]:
+        """The restored tasks: the prompt tables' rows before the new tasks'."""
+        return self.task_names[: len(self.task_names) - len(self.new_tasks)]
+
 
 def base_params(s: Setup) -> Any:
     """The base model's weights (the tree under "params"): on the mesh once a run placed them,
@@ -168,8 +173,8 @@ def gpt_config_from(config: ml_collections.ConfigDict, base: Any, mesh: Any = No
 
 def batch_chains(m: ml_collections.ConfigDict, mesh: Any) -> int:
     """`model.batch_chains`, with 0 resolved: 2 on CPU devices when the batch axis is not
-    split over devices and the micro-batch is even (measured: 1.72 -> 1.61 s per bf16
-    prompt-tuning step on 2 cores), else 1 (an accelerator wants the larger matmuls)."""
+    split over devices and the micro-batch is even (two independent chains keep both cores
+    busy; experiments/bench_vs_peft.md), else 1 (an accelerator wants the larger matmuls)."""
     if m.batch_chains:
         return int(m.batch_chains)
     if mesh is None:
@@ -402,10 +407,9 @@ def init_prompt_params(s: Setup, rng: jax.Array) -> dict[str, Any]:
             "model.virtual_prompt_style='inference' does not train; use ptlearn.predict"
         )
     if s.restored is not None:
-        existing = s.task_names[: len(s.task_names) - len(s.new_tasks)]
         tables = params.setdefault("tables", {})
         row = table_row_shape(style, s.model.config)
-        for task in existing:
+        for task in s.existing_tasks:
             table = np.asarray(s.restored.tables[task])
             if table.shape[1:] != row:
                 raise ConfigError(

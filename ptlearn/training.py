@@ -10,6 +10,7 @@ state (by val_loss) is frozen into per-task prompt tables: `W/prompt_model/`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -66,8 +67,7 @@ logger = logging.getLogger(__name__)
 
 def freeze_rules(s: Setup) -> list[tuple[str, str]]:
     """Existing tasks' tables frozen first, then the configured rules (first match wins)."""
-    existing = s.task_names[: len(s.task_names) - len(s.new_tasks)]
-    rules = [(f"prompt/tables/{task}", "frozen") for task in existing]
+    rules = [(f"prompt/tables/{task}", "frozen") for task in s.existing_tasks]
     return rules + [tuple(rule) for rule in s.config.model.freeze_rules]
 
 
@@ -297,33 +297,46 @@ def _train_and_evaluate(config, workdir_path, allow_config_change) -> runs.Run:
         started=started,
         resume_step=int(state["step"]),
     )
+    loop = Loop(s, frozen, tx, schedule, checkpoints, log, steps, workdir_path, record)
     with workdir_failures(workdir_path, checkpoints):
         try:
             # Jitted steps are traced under the mesh's axis rules (the activation constraints).
             with sharding.activate(s.mesh, s.rules):
-                state, step, stopped = _train_loop(
-                    s, state, frozen, tx, schedule, checkpoints, log, steps
-                )
+                state, step, stopped = _train_loop(loop, state)
                 checkpoints.wait()
-                return _finish(
-                    s, state, frozen, checkpoints, workdir_path, step, stopped, log, record
-                )
+                return _finish(loop, state, step, stopped)
         finally:
             log.close()
             checkpoints.close()
 
 
-def _train_loop(s, state, frozen, tx, schedule, checkpoints, log, steps):
-    """Steps from the state's position to `steps` (or the time limit); returns the last state,
-    its step and why it stopped early (None when it ran to `steps`). SIGTERM / SIGINT save the
-    state and raise Interrupted."""
+@dataclasses.dataclass
+class Loop:
+    """What the training loop's helpers share for one run (the train state apart: it moves)."""
+
+    s: Setup
+    frozen: Any  # the frozen partition: the LM and restored tasks' tables
+    tx: optax.GradientTransformation
+    schedule: Any  # step -> learning rate
+    checkpoints: TrainCheckpoints
+    log: RunLog
+    steps: int  # the run's total steps
+    workdir: pathlib.Path
+    record: dict  # the run record (runs.run_record), written into the prompt model
+
+
+def _train_loop(loop: Loop, state: dict) -> tuple[dict, int, str | None]:
+    """Steps from the state's position to `loop.steps` (or the time limit); returns the last
+    state, its step and why it stopped early (None when it ran to the end). SIGTERM / SIGINT
+    save the state and raise Interrupted."""
     with stop_signals() as received:
-        return _steps(s, state, frozen, tx, schedule, checkpoints, log, steps, received)
+        return _steps(loop, state, received)
 
 
-def _steps(s, state, frozen, tx, schedule, checkpoints, log, steps, received):
+def _steps(loop: Loop, state: dict, received: list) -> tuple[dict, int, str | None]:
+    s, frozen, checkpoints, log, steps = loop.s, loop.frozen, loop.checkpoints, loop.log, loop.steps
     trainer = s.config.trainer
-    train_step = make_train_step(s, tx)
+    train_step = make_train_step(s, loop.tx)
     eval_step = make_eval_step(s)
     interval = validation_interval(s)
     step = int(state["step"])
@@ -349,7 +362,7 @@ def _steps(s, state, frozen, tx, schedule, checkpoints, log, steps, received):
             fetched = distributed.to_host(pending)
             check_finite(s, fetched, step - len(fetched) + 1, checkpoints)
             values = _step_log(fetched, time.time() - window_start)
-            values.update(lr=float(schedule(step - 1)), epoch=epoch)
+            values.update(lr=float(loop.schedule(step - 1)), epoch=epoch)
             log.write(step, values)
             log.progress(step, values)
             pending, window_start = [], time.time()
@@ -357,7 +370,7 @@ def _steps(s, state, frozen, tx, schedule, checkpoints, log, steps, received):
             # Checked before a checkpoint can hold them (kept, now on the host, for the log).
             pending = distributed.to_host(pending)
             check_finite(s, pending, step - len(pending) + 1, checkpoints)
-            _validate_and_save(s, state, frozen, eval_step, checkpoints, log, step)
+            _validate_and_save(loop, state, eval_step, step)
             window_start = time.time()  # validation time is not training throughput
         if received:
             if not validating:  # the state of this step, resumable (not a best candidate)
@@ -390,8 +403,9 @@ def _step_log(fetched: list[dict], elapsed: float) -> dict[str, float]:
     }
 
 
-def _validate_and_save(s, state, frozen, eval_step, checkpoints, log, step) -> None:
+def _validate_and_save(loop: Loop, state: dict, eval_step: Any, step: int) -> None:
     """val_loss (+ task metrics), then the checkpoint (latest, and best candidate)."""
+    s, frozen, checkpoints, log = loop.s, loop.frozen, loop.checkpoints, loop.log
     start = time.time()
     values = validate_loss(s, eval_step, state["trainable"], frozen)
     params = masking.merge(state["trainable"], frozen)
@@ -406,9 +420,10 @@ def _validate_and_save(s, state, frozen, eval_step, checkpoints, log, step) -> N
     checkpoints.save(step, state, {k: float(v) for k, v in values.items()} or None)
 
 
-def _finish(s, state, frozen, checkpoints, workdir, step, stopped, log, record) -> runs.Run:
+def _finish(loop: Loop, state: dict, step: int, stopped: str | None) -> runs.Run:
     """Restores the best state by the monitored metric, writes the prompt model from it,
     scores the test split with it, and writes the run's result."""
+    s, frozen, checkpoints, workdir = loop.s, loop.frozen, loop.checkpoints, loop.workdir
     best = checkpoints.best_step()
     if best is not None and best != step:
         state = checkpoints.restore(state, best, best=True)
@@ -417,7 +432,7 @@ def _finish(s, state, frozen, checkpoints, workdir, step, stopped, log, record) 
     directory = pathlib.Path(s.config.model.nemo_path or workdir / "prompt_model")
     info = {"step": int(state["step"]), "best_step": best, "final_step": step}
     if distributed.is_writer():
-        write_prompt_model(s, params["prompt"], directory, info, record)
+        write_prompt_model(s, params["prompt"], directory, info, loop.record)
         logger.info("wrote %s", directory)
     test = validate_loss(
         s, make_eval_step(s), state["trainable"], frozen, s.test_examples, prefix="test"
@@ -436,7 +451,7 @@ def _finish(s, state, frozen, checkpoints, workdir, step, stopped, log, record) 
         final_step=step,
         best_step=best,
         test=test,
-        wall_time_s=log.elapsed,
+        wall_time_s=loop.log.elapsed,
         trainable_parameters=trainable,
         stopped=stopped,
     )

@@ -16,7 +16,7 @@ class _Digits:
     """Decodes ids as space-separated numbers (enough to compare generated tokens)."""
 
     eos_id = None
-    pad_id = 0
+    pad_id = fill_id = 0
 
     def decode(self, ids, skip_special_tokens=True):
         return " ".join(str(i) for i in ids)

@@ -49,54 +49,46 @@ def read_config(reader: Any, source: str) -> GPTConfig:
     embed_shape = next(t.shape for t in reader.tensors if t.name == "token_embd.weight")
     vocab = int(metadata_value(reader, f"{arch}.vocab_size", int(embed_shape[-1])))
     has_output = any(t.name == "output.weight" for t in reader.tensors)
+    # What every architecture reads alike; each adds its own below.
+    shared = dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_layers=int(get("block_count")),
+        num_heads=heads,
+        ffn_hidden_size=int(get("feed_forward_length")),
+        max_position_embeddings=int(get("context_length")),
+        tie_embeddings=not has_output,
+    )
     if arch == "gpt2":
         return GPTConfig(
-            vocab_size=vocab,
-            hidden_size=hidden,
-            num_layers=int(get("block_count")),
-            num_heads=heads,
+            **shared,
             num_kv_heads=heads,
             head_dim=hidden // heads,
-            ffn_hidden_size=int(get("feed_forward_length")),
-            max_position_embeddings=int(get("context_length")),
             position_embedding="learned",
             norm="layernorm",
             norm_eps=float(get("attention.layer_norm_epsilon", 1e-5)),
             activation="gelu_tanh",
             use_bias=True,
-            tie_embeddings=not has_output,
         )
     if arch == "gemma3":
         from ptlearn.gpt import _GEMMA3
 
         return GPTConfig(
-            vocab_size=vocab,
-            hidden_size=hidden,
-            num_layers=int(get("block_count")),
-            num_heads=heads,
+            **shared,
             num_kv_heads=int(get("attention.head_count_kv", heads)),
             head_dim=int(get("attention.key_length")),
-            ffn_hidden_size=int(get("feed_forward_length")),
-            max_position_embeddings=int(get("context_length")),
             norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-6)),
             rope_base=float(get("rope.freq_base", 1e6)),
-            tie_embeddings=not has_output,
             embed_scale=float(np.sqrt(hidden)),
             sliding_window=int(get("attention.sliding_window")),
             **_GEMMA3,
         )
     return GPTConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        num_layers=int(get("block_count")),
-        num_heads=heads,
+        **shared,
         num_kv_heads=int(get("attention.head_count_kv", heads)),
         head_dim=int(get("rope.dimension_count", hidden // heads)),
-        ffn_hidden_size=int(get("feed_forward_length")),
-        max_position_embeddings=int(get("context_length")),
         norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
         rope_base=float(get("rope.freq_base", 10000.0)),
-        tie_embeddings=not has_output,
     )
 
 
@@ -132,13 +124,11 @@ def unpermute_rope_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
     return weight.reshape(num_heads, half, 2, in_dim).swapaxes(1, 2).reshape(out_dim, in_dim)
 
 
-def _llama_layer(t: dict[str, np.ndarray], config: GPTConfig) -> dict[str, np.ndarray]:
-    c = config
-    q = unpermute_rope_rows(t["attn_q.weight"], c.num_heads)
-    k = unpermute_rope_rows(t["attn_k.weight"], c.num_kv_heads)
+def _projections(
+    t: dict[str, np.ndarray], c: GPTConfig, q: np.ndarray, k: np.ndarray
+) -> dict[str, np.ndarray]:
+    """A Llama-style block's attention and gated-MLP kernels, Q / K rows ([out, in]) given."""
     return {
-        "attn_norm/scale": t["attn_norm.weight"],
-        "mlp_norm/scale": t["ffn_norm.weight"],
         "attn/query/kernel": q.T.reshape(c.hidden_size, c.num_heads, c.head_dim),
         "attn/key/kernel": k.T.reshape(c.hidden_size, c.num_kv_heads, c.head_dim),
         "attn/value/kernel": t["attn_v.weight"].T.reshape(
@@ -153,10 +143,19 @@ def _llama_layer(t: dict[str, np.ndarray], config: GPTConfig) -> dict[str, np.nd
     }
 
 
+def _llama_layer(t: dict[str, np.ndarray], config: GPTConfig) -> dict[str, np.ndarray]:
+    q = unpermute_rope_rows(t["attn_q.weight"], config.num_heads)
+    k = unpermute_rope_rows(t["attn_k.weight"], config.num_kv_heads)
+    return {
+        "attn_norm/scale": t["attn_norm.weight"],
+        "mlp_norm/scale": t["ffn_norm.weight"],
+        **_projections(t, config, q, k),
+    }
+
+
 def _gemma3_layer(t: dict[str, np.ndarray], config: GPTConfig) -> dict[str, np.ndarray]:
     """Gemma 3's block. llama.cpp keeps its Q / K rows in the half-split RoPE layout and
     stores every norm weight as 1 + w (Gemma's RMSNorm scales by 1 + w), a plain scale here."""
-    c = config
     return {
         "attn_norm/scale": t["attn_norm.weight"],
         "post_attn_norm/scale": t["post_attention_norm.weight"],
@@ -164,17 +163,7 @@ def _gemma3_layer(t: dict[str, np.ndarray], config: GPTConfig) -> dict[str, np.n
         "post_mlp_norm/scale": t["post_ffw_norm.weight"],
         "attn/query_norm/scale": t["attn_q_norm.weight"],
         "attn/key_norm/scale": t["attn_k_norm.weight"],
-        "attn/query/kernel": t["attn_q.weight"].T.reshape(c.hidden_size, c.num_heads, c.head_dim),
-        "attn/key/kernel": t["attn_k.weight"].T.reshape(c.hidden_size, c.num_kv_heads, c.head_dim),
-        "attn/value/kernel": t["attn_v.weight"].T.reshape(
-            c.hidden_size, c.num_kv_heads, c.head_dim
-        ),
-        "attn/out/kernel": t["attn_output.weight"].T.reshape(
-            c.num_heads, c.head_dim, c.hidden_size
-        ),
-        "mlp/gate/kernel": t["ffn_gate.weight"].T,
-        "mlp/up/kernel": t["ffn_up.weight"].T,
-        "mlp/down/kernel": t["ffn_down.weight"].T,
+        **_projections(t, config, t["attn_q.weight"], t["attn_k.weight"]),
     }
 
 

@@ -33,6 +33,11 @@ class Tokenizer(abc.ABC):
         self.vocab_size, self.add_bos, self.source = vocab_size, add_bos, source
         self.bos_id, self.eos_id, self.pad_id, self.unk_id = bos_id, eos_id, pad_id, unk_id
 
+    @property
+    def fill_id(self) -> int:
+        """The id padded slots hold: ``pad_id``, else 0 (attention and loss mask them anyway)."""
+        return 0 if self.pad_id is None else self.pad_id
+
     @abc.abstractmethod
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` (no BOS / EOS added); literal special tokens map to their id."""
