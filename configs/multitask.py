@@ -38,7 +38,7 @@ def get_config(arg=None):
     c.trainer.max_steps = args.steps
     c.trainer.val_check_interval = 175
     c.trainer.limit_val_batches = 40
-    c.inference.tokens_to_generate = 40
+    c.inference.tokens_to_generate = 48  # the longest intent label is 44 tokens
     c.inference.batch_size = 32
     common.fastest_numerics(c)
     return c

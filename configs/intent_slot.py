@@ -1,0 +1,42 @@
+"""The intent and slot recipe for the NLU Evaluation (Assistant) data: deep prompts (keys and
+values at every layer) started from the frozen model's keys and values of a task description.
+
+  python -m ptlearn.data.prepare assistant --raw_dir=../shared/data --out_dir=data/assistant
+  python -m ptlearn.train --config=intent_slot --workdir=runs/intent_slot \
+      --config.model.data.train_ds=data/assistant/train.jsonl \
+      --config.model.data.validation_ds=data/assistant/val.jsonl
+
+Arguments: data (the jsonl folder), model, steps, virtual (virtual tokens), lr, batch,
+projection (P-tuning v2's MLP reparameterisation instead of direct tables), seed.
+"""
+
+from ptlearn import config_lib
+from ptlearn.configs import common
+
+
+def get_config(arg=None):
+    args = config_lib.parse_arg(
+        arg,
+        data="data/assistant",
+        model="default",
+        steps=1000,
+        virtual=10,
+        lr=3e-3,
+        batch=16,
+        projection=False,
+        seed=1234,
+    )
+    c = common.single_task_config("intent_and_slot", "prefix-tuning", args)
+    c.model.max_seq_length = 128
+    c.model.global_batch_size = c.model.micro_batch_size = args.batch
+    c.model.prompt_tuning.new_prompt_init_methods = ("text",)
+    c.model.prompt_tuning.new_prompt_init_text = (
+        "Name the intent of this request to a voice assistant and list its slots.",
+    )
+    c.model.prefix_tuning.projection = args.projection
+    c.model.optim.lr = args.lr
+    c.model.optim.sched.warmup_steps = 30
+    c.model.data.validation_metric_examples = 100
+    c.trainer.val_check_interval = 200
+    c.inference.batch_size = 64
+    return c

@@ -1,0 +1,44 @@
+"""The SQuAD v1.1 recipe (extractive QA, contexts truncated first when too long): deep prompts
+(keys and values at every layer) started from the frozen model's keys and values of a task
+description.
+
+  python -m ptlearn.data.prepare squad --raw_dir=../shared/data --out_dir=data/squad
+  python -m ptlearn.train --config=squad --workdir=runs/squad \
+      --config.model.data.train_ds=data/squad/train.jsonl \
+      --config.model.data.validation_ds=data/squad/val.jsonl
+
+Arguments: data (the jsonl folder), model, steps, virtual (virtual tokens), lr, batch,
+projection (P-tuning v2's MLP reparameterisation instead of direct tables), seed.
+"""
+
+from ptlearn import config_lib
+from ptlearn.configs import common
+
+
+def get_config(arg=None):
+    args = config_lib.parse_arg(
+        arg,
+        data="data/squad",
+        model="default",
+        steps=600,
+        virtual=10,
+        lr=3e-3,
+        batch=8,
+        projection=False,
+        seed=1234,
+    )
+    c = common.single_task_config("squad", "prefix-tuning", args)
+    c.model.max_seq_length = 384
+    c.model.global_batch_size = c.model.micro_batch_size = args.batch
+    c.model.prompt_tuning.new_prompt_init_methods = ("text",)
+    c.model.prompt_tuning.new_prompt_init_text = (
+        "Answer the question with a short span copied from the context.",
+    )
+    c.model.prefix_tuning.projection = args.projection
+    c.model.optim.lr = args.lr
+    c.model.optim.sched.warmup_steps = 30
+    c.model.data.validation_metric_examples = 100
+    c.trainer.val_check_interval = 200
+    c.trainer.limit_val_batches = 25
+    c.inference.batch_size = 16
+    return c

@@ -1,0 +1,36 @@
+"""Finding the SQuAD recipe (configs/squad.py): deep prompts' learning rate and virtual tokens
+against validation F1, one seed per setting; the chosen setting then runs with 3 seeds for the
+test table.
+
+  python -m ptlearn.data.prepare squad --raw_dir=../shared/data --out_dir=data/squad
+  python -m ptlearn.sweep --config=experiments/squad_recipe/config.py --workdir=runs/squad_recipe
+  python -m ptlearn.report runs/squad_recipe --out=experiments/squad_recipe
+
+Each arm: configs/squad.py with the arm's arguments, validation every 200 steps (loss on 25
+batches, decoded answers on the first 100 validation questions), the checkpoint picked by
+val_loss. Only the validation columns choose; the test split is scored for the record.
+Arguments: those of configs/squad.py.
+"""
+
+from ptlearn import config_lib
+
+
+def get_config(arg=None):
+    args = config_lib.parse_arg(
+        arg,
+        lr=3e-3,
+        virtual=10,
+        steps=600,
+        batch=8,
+        projection=False,
+        seed=0,
+        model="default",
+        data="data/squad",
+    )
+    return config_lib.load_config(
+        "squad", ",".join(f"{key}={value}" for key, value in args.items())
+    )
+
+
+def get_hyper(h):
+    return h.product([h.sweep("lr", [3e-3, 1e-2]), h.sweep("virtual", [10, 30])])
