@@ -39,6 +39,7 @@ from ptlearn import (
     encoding,
     sharding,
     train_setup,
+    train_state,
     training,
 )
 from ptlearn.checkpoints import load_model
@@ -294,7 +295,7 @@ def bench_fixed(args: Options) -> dict[str, Any]:
         max_length=s.config.model.max_seq_length,
         pad_id=loaded.tokenizer.fill_id,
     )
-    state, frozen, tx, _ = training.init_state(s, args.steps + 1)
+    state, frozen, tx, _ = train_state.init_state(s, args.steps + 1)
     result = header(args, args.mode, args.model)
     result["batch_chains"] = s.model.config.batch_chains
     # Before the donating step runs.

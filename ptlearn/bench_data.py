@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ptlearn import distributed, sharding, training
+from ptlearn import distributed, sharding, train_state, training
 from ptlearn.bench import (
     DTYPES,
     TIME_KEYS,
@@ -67,7 +67,7 @@ def bench_data(args: Options) -> dict[str, Any]:
     config.model.frozen_weights_dtype = args.frozen_dtype
     s = training.setup(config)
     load_peak = peak_rss_mb()
-    state, frozen, tx, _ = training.init_state(s, config.trainer.max_steps)
+    state, frozen, tx, _ = train_state.init_state(s, config.trainer.max_steps)
     batches = training.Batches(s)
     positions = [divmod(i, batches.per_epoch) for i in range(args.steps)]
     pad_id = s.loaded.tokenizer.fill_id

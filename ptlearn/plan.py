@@ -163,7 +163,7 @@ def build(config: Any, variant: str, micro_batch_size: int | None = None) -> Pla
     import numpy as np
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from ptlearn import gpt, masking, prompted, sharding, train_setup, training
+    from ptlearn import gpt, masking, prompted, sharding, train_setup, train_state, training
     from ptlearn.checkpoints.loading import LoadedModel
 
     s = _setup(config, variant, micro_batch_size)
@@ -191,13 +191,13 @@ def build(config: Any, variant: str, micro_batch_size: int | None = None) -> Pla
         "prompt": sharding.logical_to_sharding(boxed_prompt, mesh, rules),
     }
     params = _abstract(params, shardings)
-    labels = masking.param_labels(params, training.freeze_rules(s))
+    labels = masking.param_labels(params, train_state.freeze_rules(s))
     trainable, frozen = masking.split(params, labels)
     trainable_labels, _ = masking.split(labels, labels)
-    tx, _ = training.make_optimizer(config, 100, trainable_labels)
+    tx, _ = train_state.make_optimizer(config, 100, trainable_labels)
     replicated = NamedSharding(mesh, PartitionSpec())
     trainable_shardings, _ = masking.split(shardings, labels)
-    opt_shardings = training.optimizer_shardings(tx, trainable, trainable_shardings, replicated)
+    opt_shardings = train_state.optimizer_shardings(tx, trainable, trainable_shardings, replicated)
     opt_state = _abstract(jax.eval_shape(tx.init, trainable), opt_shardings)
     scalar = jax.ShapeDtypeStruct((), np.int32, sharding=replicated)
     rng = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
@@ -246,7 +246,7 @@ def measure(config: Any, variant: str, steps: int = 10) -> dict[str, Any]:
     import jax
     import numpy as np
 
-    from ptlearn import gpt, sharding, training
+    from ptlearn import gpt, sharding, train_state, training
     from ptlearn.checkpoints.loading import LoadedModel
 
     s = _setup(config, variant, None)
@@ -256,7 +256,7 @@ def measure(config: Any, variant: str, steps: int = 10) -> dict[str, Any]:
         )
     s = dataclasses.replace(s, loaded=LoadedModel(s.loaded.config, params["params"], None, variant))
     # The schedule of the config's own run length (its warm-up must fit in it).
-    state, frozen, tx, _ = training.init_state(s, max(s.config.trainer.max_steps, steps + 1))
+    state, frozen, tx, _ = train_state.init_state(s, max(s.config.trainer.max_steps, steps + 1))
     micro = _full_length_batch(s)
     batch = jax.device_put(micro, sharding.batch_sharding(s.mesh, s.rules, micro_batched=True))
     with sharding.activate(s.mesh, s.rules):
