@@ -107,3 +107,19 @@ def single_task_config(
     c.inference.tokens_to_generate = REFERENCE_TASKS[taskname]["tokens_to_generate"]
     fastest_numerics(c)
     return c
+
+
+def deep_prompt_config(
+    taskname: str, args: ml_collections.ConfigDict, init_text: str
+) -> ml_collections.ConfigDict:
+    """single_task_config for deep prompts whose tables start from the frozen model's keys and
+    values of `init_text` (a task description); `args` also carry `lr`, `batch` and
+    `projection` (P-tuning v2's MLP instead of direct tables)."""
+    c = single_task_config(taskname, "prefix-tuning", args)
+    c.model.global_batch_size = c.model.micro_batch_size = args.batch
+    c.model.prompt_tuning.new_prompt_init_methods = ("text",)
+    c.model.prompt_tuning.new_prompt_init_text = (init_text,)
+    c.model.prefix_tuning.projection = args.projection
+    c.model.optim.lr = args.lr
+    c.model.optim.sched.warmup_steps = 30
+    return c

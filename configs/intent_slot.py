@@ -26,16 +26,12 @@ def get_config(arg=None):
         projection=False,
         seed=1234,
     )
-    c = common.single_task_config("intent_and_slot", "prefix-tuning", args)
-    c.model.max_seq_length = 128
-    c.model.global_batch_size = c.model.micro_batch_size = args.batch
-    c.model.prompt_tuning.new_prompt_init_methods = ("text",)
-    c.model.prompt_tuning.new_prompt_init_text = (
+    c = common.deep_prompt_config(
+        "intent_and_slot",
+        args,
         "Name the intent of this request to a voice assistant and list its slots.",
     )
-    c.model.prefix_tuning.projection = args.projection
-    c.model.optim.lr = args.lr
-    c.model.optim.sched.warmup_steps = 30
+    c.model.max_seq_length = 128
     c.model.data.validation_metric_examples = 100
     c.trainer.val_check_interval = 200
     c.inference.batch_size = 64

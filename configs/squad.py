@@ -27,16 +27,10 @@ def get_config(arg=None):
         projection=False,
         seed=1234,
     )
-    c = common.single_task_config("squad", "prefix-tuning", args)
-    c.model.max_seq_length = 384
-    c.model.global_batch_size = c.model.micro_batch_size = args.batch
-    c.model.prompt_tuning.new_prompt_init_methods = ("text",)
-    c.model.prompt_tuning.new_prompt_init_text = (
-        "Answer the question with a short span copied from the context.",
+    c = common.deep_prompt_config(
+        "squad", args, "Answer the question with a short span copied from the context."
     )
-    c.model.prefix_tuning.projection = args.projection
-    c.model.optim.lr = args.lr
-    c.model.optim.sched.warmup_steps = 30
+    c.model.max_seq_length = 384
     c.model.data.validation_metric_examples = 100
     c.trainer.val_check_interval = 200
     c.trainer.limit_val_batches = 25
