@@ -194,9 +194,11 @@ def base_config() -> ml_collections.ConfigDict:
         # > 0: validate every this fraction of an epoch instead (NeMo's float
         # val_check_interval, e.g. 1.0 = once an epoch), in whole steps.
         val_check_epochs=0.0,
-        limit_val_batches=0,  # 0: the whole validation set each time
-        # 0: the whole test split; N: its first N loss batches and N x inference.batch_size
-        # answered records (Lightning's knob, for smoke runs of a config).
+        # 0: the whole validation set each time; N: N loss batches of examples spread evenly
+        # over it (evaluation.spread: every task and length represented).
+        limit_val_batches=0,
+        # 0: the whole test split; N: N loss batches and N x inference.batch_size answered
+        # records, spread over it (Lightning's knob, for smoke runs of a config).
         limit_test_batches=0,
         gradient_clip_val=1.0,
         resume_from_checkpoint="",
@@ -251,7 +253,7 @@ def base_config() -> ml_collections.ConfigDict:
             add_bos=False,
             shuffle=True,
             num_workers=0,
-            validation_metric_examples=200,  # examples decoded for task metrics per validation
+            validation_metric_examples=200,  # decoded per validation, spread over the set
             # How validation answers them: "auto" ranks a task's closed label set (one scoring
             # pass, no decoding loop) and generates open answers; "generate"; "rank". The test
             # split is answered as `inference` says, as a served model would be.

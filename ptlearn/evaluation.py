@@ -17,6 +17,16 @@ from ptlearn.data import batching
 from ptlearn.train_setup import Setup, adds_bos
 
 
+def spread(items: Sequence[Any], count: int) -> list:
+    """`count` of `items` taken evenly across them, in their order: every file, task and
+    length of a validation set is represented (its first or shortest `count` need not be);
+    all of them when `count` is 0 or covers them."""
+    if not count or count >= len(items):
+        return list(items)
+    stride = len(items) / count
+    return [items[int(i * stride)] for i in range(count)]
+
+
 def validate_loss(
     s: Setup, eval_step, trainable, frozen, examples=None, prefix: str = "val"
 ) -> dict[str, float]:
@@ -32,12 +42,12 @@ def validate_loss(
         if prefix == "test"
         else s.config.trainer.limit_val_batches
     )
-    examples = sorted(examples, key=lambda e: len(e.ids))
+    # Batched by length for less padding, after the limit (the shortest N would leave out
+    # long examples, a whole task such as SQuAD in a multitask run).
+    examples = sorted(spread(examples, limit * size), key=lambda e: len(e.ids))
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
-    for number, start in enumerate(range(0, len(examples), size)):
-        if limit and number >= limit:
-            break
+    for start in range(0, len(examples), size):
         chunk = examples[start : start + size]
         batch = batching.collate(
             chunk,
@@ -92,7 +102,7 @@ def validate_tasks(
     method = s.config.model.data.validation_answers if records is None else "inference"
     if records is None:
         limit = s.config.model.data.validation_metric_examples
-        records = s.val_records[:limit] if limit else []
+        records = spread(s.val_records, limit) if limit else []
     if not records:
         return {}
     lm = prompted_lm(s, lm_params, tables)

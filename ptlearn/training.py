@@ -40,6 +40,7 @@ from ptlearn.checkpoints.prompt_model import check_replaceable
 from ptlearn.checkpoints.train_state import TrainCheckpoints
 from ptlearn.evaluation import (
     frozen_tables,
+    spread,
     validate_loss,
     validate_tasks,
     write_prompt_model,
@@ -339,7 +340,7 @@ def _finish(loop: Loop, state: dict, step: int, stopped: str | None) -> runs.Run
         s, make_eval_step(s), state["trainable"], frozen, s.test_examples, prefix="test"
     )
     limit = s.config.trainer.limit_test_batches * s.config.inference.batch_size
-    records = s.test_records[:limit] if limit else s.test_records
+    records = spread(s.test_records, limit)
     test.update(
         validate_tasks(s, params["lm"], frozen_tables(s, params["prompt"]), records, prefix="test")
     )

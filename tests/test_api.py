@@ -199,6 +199,17 @@ def test_limit_test_batches_scores_the_first_batches_of_the_test_split(toy_data,
         ptlearn.train(config, tmp_path / "bad")
 
 
+def test_a_limited_validation_spreads_over_every_task_and_length():
+    # Two tasks as a multitask validation set holds them: the first file's short examples,
+    # then the second's long ones. The shortest or the first N would all be task "a".
+    examples = [("a", n) for n in range(60)] + [("b", 1000 + n) for n in range(40)]
+    chosen = evaluation.spread(examples, 10)
+    assert len(chosen) == 10 and len(set(chosen)) == 10
+    assert [task for task, _ in chosen].count("b") == 4  # in proportion: 40 of 100
+    assert chosen == sorted(chosen)  # in the set's order, so a rerun sees the same ones
+    assert evaluation.spread(examples, 0) == examples == evaluation.spread(examples, 500)
+
+
 def test_predict_cli_answers_as_the_python_api(toy_data, tmp_path):
     run = ptlearn.train(_config(toy_data), tmp_path / "w")
     proc = subprocess.run(
