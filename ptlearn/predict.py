@@ -229,10 +229,15 @@ def predict_records(
             f"inference.tokens_to_generate={inference.tokens_to_generate} leaves no room for "
             f"the prompt within max_seq_length={lm.max_seq_length}"
         )
+    # Answers return by key: the line numbers when unique (one file: messages name its lines),
+    # else positions (several files' line numbers repeat: a multitask test set).
+    keys = [line_no for line_no, _ in records]
+    if len(set(keys)) < len(keys):
+        keys = list(range(len(records)))
     inference_records = []
-    for line_no, record in records:
+    for key, (line_no, record) in zip(keys, records, strict=True):
         answer_field = lm.templates[_check_task(lm, record, f"{source}:{line_no}")].answer_field
-        inference_records.append((line_no, {k: v for k, v in record.items() if k != answer_field}))
+        inference_records.append((key, {k: v for k, v in record.items() if k != answer_field}))
     encoded, _ = encoding.encode_dataset(
         inference_records,
         lm.templates,
@@ -244,8 +249,8 @@ def predict_records(
         source=source,
     )
     decoded = answers.generate_answers(lm, encoded, inference)
-    by_line = {e.line_no: a for e, a in zip(encoded, decoded, strict=True)}
-    return [by_line.get(line_no, "") for line_no, _ in records]
+    by_key = {e.line_no: a for e, a in zip(encoded, decoded, strict=True)}
+    return [by_key.get(key, "") for key in keys]
 
 
 def _check_task(lm: PromptedLM, record: Mapping[str, Any], where: str) -> str:

@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 from tiny_model import write_tiny_data
 
 import ptlearn
-from ptlearn import config_lib, evaluation, files
+from ptlearn import config_lib, evaluation, files, predict
 from ptlearn.data import toy
 from ptlearn.errors import ConfigError, PtlearnError
 
@@ -208,6 +208,24 @@ def test_a_limited_validation_spreads_over_every_task_and_length():
     assert [task for task, _ in chosen].count("b") == 4  # in proportion: 40 of 100
     assert chosen == sorted(chosen)  # in the set's order, so a rerun sees the same ones
     assert evaluation.spread(examples, 0) == examples == evaluation.spread(examples, 500)
+
+
+@pytest.mark.integration
+def test_records_of_several_files_get_their_own_answers(default_model, toy_data, tmp_path):
+    # Two test files' records repeat line numbers; each must still get its own answer (a
+    # multitask run once scored every task on answers keyed by line number). The real model
+    # zero-shot: its answers differ by sentence, the tiny model's do not.
+    config = ptlearn.load_config(
+        "sentiment_prompt_tuning",
+        f"model=default,data={toy_data},virtual=0",
+        **{"trainer.max_steps": 0, "inference.tokens_to_generate": 3},
+    )
+    lm = ptlearn.load(ptlearn.train(config, tmp_path).prompt_model)
+    records = toy.sentences(8, 3)
+    alone = [lm.predict([r])[0] for r in records]
+    assert len(set(alone)) > 1, alone  # answers that differ, so a mix-up would show
+    same_lines = [(1 + i % 2, r) for i, r in enumerate(records)]  # lines 1, 2, 1, 2, ...
+    assert predict.predict_records(lm, same_lines, lm.inference) == alone
 
 
 def test_predict_cli_answers_as_the_python_api(toy_data, tmp_path):
