@@ -185,7 +185,7 @@ def test_zero_shot_run_without_virtual_tokens_or_steps(toy_data, tmp_path):
     assert lm.predict(records) == lm.rank(records)
 
 
-def test_limit_test_batches_scores_the_first_batches_of_the_test_split(toy_data, tmp_path):
+def test_limit_test_batches_scores_batches_spread_over_the_test_split(toy_data, tmp_path):
     config = ptlearn.load_config(
         "sentiment_prompt_tuning",
         f"model=tiny,data={toy_data},virtual=0",
