@@ -35,6 +35,7 @@ import numpy as np
 
 from ptlearn import (
     cli,
+    config_checks,
     config_lib,
     encoding,
     sharding,
@@ -206,7 +207,7 @@ def synthetic_config(args: Options, hidden_size: int) -> ml_collections.ConfigDi
     c.model.activations_checkpoint_granularity = REMAT[args.remat]
     c.model.batch_chains = args.batch_chains
     c.trainer.max_steps = args.steps + 1
-    config_lib.validate(c)
+    config_checks.validate(c)
     return c
 
 

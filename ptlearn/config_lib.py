@@ -1,5 +1,5 @@
 """The config tree (NeMo prompt-learning names, SPEC section 4), `parse_arg`, loading a config
-file or shipped config by name, and validation.
+file or shipped config by name; `config_checks.validate` checks the values.
 
 Experiment files in `configs/` start from `base_config()` and change what they need; loading
 locks the result so a mistyped `--config.x.y` (or override key) is an error rather than a
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import math
 import pathlib
 import types
 from collections.abc import Mapping, Sequence
@@ -25,11 +24,10 @@ from ptlearn.errors import ConfigError, did_you_mean
 DEEP_PROMPT_STYLES = ("prefix-tuning", "p-tuning-v2")
 VIRTUAL_PROMPT_STYLES = ("prompt-tuning", "p-tuning", *DEEP_PROMPT_STYLES, "inference")
 VALIDATION_ANSWERS = ("auto", "generate", "rank")
+SCHEDULES = ("CosineAnnealing", "constant")  # model.optim.sched.name (ptlearn/optim.py)
 # trainer.precision, model.frozen_weights_dtype and model.activations_checkpoint_granularity
 # may say this: the fastest setting for the run's devices (ptlearn/numerics.py).
 AUTO = "auto"
-# Above this Adam's steps (about lr per value) dwarf any prompt value: only divergence follows.
-MAX_LR = 1.0
 # NeMo's "required, give it on the command line" value (a yaml's `???`).
 REQUIRED = "???"
 # trainer.precision -> (activation dtype, matmul input dtype). "-mixed" (and NeMo's bare "bf16")
@@ -253,6 +251,10 @@ def base_config() -> ml_collections.ConfigDict:
             add_bos=False,
             shuffle=True,
             num_workers=0,
+            # Share of each training epoch per task, relative weights aligned with new_tasks
+            # (NeMo's concat_sampling_probabilities, per task): a small task can be seen as
+            # often as it would alone. Empty: each task by its example count.
+            train_task_weights=(),
             validation_metric_examples=200,  # decoded per validation, spread over the set
             # How validation answers them: "auto" ranks a task's closed label set (one scoring
             # pass, no decoding loop) and generates open answers; "generate"; "rank". The test
@@ -360,133 +362,3 @@ def from_nemo_yaml(path: str | pathlib.Path) -> ml_collections.ConfigDict:
     for key, why in read.ignored.items():
         logging.getLogger(__name__).warning("%s: %s ignored: %s", path, key, why)
     return read.config
-
-
-_REMAT = "use model.activations_checkpoint_granularity=full or selective (every block)"
-# NeMo keys kept so NeMo users find them (SPEC 4) that ptlearn does not implement: their default
-# is accepted, any other value is refused with what to use instead.
-UNIMPLEMENTED: dict[str, tuple[Any, str]] = {
-    "trainer.num_nodes": (
-        1,
-        "hosts join through distributed.* (coordinator_address, num_processes, process_id)",
-    ),
-    "trainer.accelerator": (
-        "auto",
-        "JAX runs on the devices it finds; choose them with JAX_PLATFORMS (cpu, cuda, tpu) "
-        "and trainer.devices",
-    ),
-    "model.activations_checkpoint_method": ("", _REMAT),
-    "model.activations_checkpoint_num_layers": (1, _REMAT),
-    "model.data.num_workers": (
-        0,
-        "examples are encoded in memory before the first step; there are no loader workers",
-    ),
-}
-
-
-def _check_unimplemented(config: ml_collections.ConfigDict) -> None:
-    for key, (default, instead) in UNIMPLEMENTED.items():
-        value = config
-        for part in key.split("."):
-            value = value[part]
-        if value != default:
-            raise ConfigError(
-                f"{key}={value!r}: a NeMo setting ptlearn does not implement; {instead}"
-            )
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Checks values that no type check catches; raises ConfigError naming the key."""
-    missing = required_keys(config)
-    if missing:
-        raise ConfigError(
-            f"{', '.join(missing)}: required (??? in the yaml); give "
-            + " ".join(f"--config.{k}=..." for k in missing)
-        )
-    _check_unimplemented(config)
-    m = config.model
-    if m.virtual_prompt_style not in VIRTUAL_PROMPT_STYLES:
-        raise ConfigError(
-            f"model.virtual_prompt_style={m.virtual_prompt_style!r}: use one of "
-            f"{', '.join(VIRTUAL_PROMPT_STYLES)}"
-        )
-    if m.pipeline_model_parallel_size != 1:
-        raise ConfigError(
-            f"model.pipeline_model_parallel_size={m.pipeline_model_parallel_size}: pipeline "
-            "parallelism is not supported yet; use fsdp (mesh) or tensor parallelism instead"
-        )
-    if m.tensor_model_parallel_size < 1:
-        raise ConfigError("model.tensor_model_parallel_size must be >= 1")
-    if m.micro_batch_size < 1 or m.global_batch_size < 1:
-        raise ConfigError("model.global_batch_size and model.micro_batch_size must be >= 1")
-    if m.global_batch_size % m.micro_batch_size:
-        raise ConfigError(
-            f"model.global_batch_size={m.global_batch_size} is not a multiple of "
-            f"model.micro_batch_size={m.micro_batch_size}"
-        )
-    if config.trainer.precision != AUTO:
-        dtypes_of_precision(config.trainer.precision)
-    if m.batch_chains < 0 or (m.batch_chains and m.micro_batch_size % m.batch_chains):
-        raise ConfigError(
-            f"model.batch_chains={m.batch_chains}: use 0 (auto) or a divisor of "
-            f"model.micro_batch_size={m.micro_batch_size}"
-        )
-    if m.data.validation_answers not in VALIDATION_ANSWERS:
-        raise ConfigError(
-            f"model.data.validation_answers={m.data.validation_answers!r}: use one of "
-            f"{', '.join(VALIDATION_ANSWERS)}"
-        )
-    if config.trainer.max_steps < 0 and config.trainer.max_epochs <= 0:
-        raise ConfigError("set trainer.max_steps (>= 0) or trainer.max_epochs (> 0)")
-    if config.trainer.val_check_epochs < 0:
-        raise ConfigError("trainer.val_check_epochs must be >= 0 (0: use val_check_interval)")
-    if config.trainer.val_check_interval < 1 or config.trainer.log_every_n_steps < 1:
-        raise ConfigError("trainer.val_check_interval and trainer.log_every_n_steps must be >= 1")
-    for key in ("limit_val_batches", "limit_test_batches"):
-        if config.trainer[key] < 0:
-            raise ConfigError(f"trainer.{key} must be >= 0 (0: all batches)")
-    monitor = config.exp_manager.checkpoint_callback_params
-    if monitor.mode not in ("min", "max"):
-        raise ConfigError("exp_manager.checkpoint_callback_params.mode must be 'min' or 'max'")
-    if monitor.save_top_k < 1:
-        raise ConfigError("exp_manager.checkpoint_callback_params.save_top_k must be >= 1")
-    if not as_tuple(m.new_tasks) and m.virtual_prompt_style != "inference":
-        raise ConfigError("model.new_tasks is empty: name the task(s) to train")
-    overlap = set(as_tuple(m.new_tasks)) & set(as_tuple(m.existing_tasks))
-    if overlap:
-        raise ConfigError(
-            f"model.new_tasks and model.existing_tasks both name {sorted(overlap)}; a task is "
-            "either trained anew or kept from restore_path"
-        )
-    if as_tuple(m.existing_tasks) and not m.restore_path:
-        raise ConfigError(
-            "model.existing_tasks needs model.restore_path: the prompt model that holds them"
-        )
-    finite = {
-        "model.optim.lr": m.optim.lr,
-        "model.optim.weight_decay": m.optim.weight_decay,
-        "model.optim.eps": m.optim.eps,
-        "model.optim.sched.min_lr": m.optim.sched.min_lr,
-        "trainer.gradient_clip_val": config.trainer.gradient_clip_val,
-        "inference.temperature": config.inference.temperature,
-        "inference.top_p": config.inference.top_p,
-        **{f"model.optim.betas[{i}]": b for i, b in enumerate(as_tuple(m.optim.betas))},
-    }
-    for key, value in finite.items():
-        if not isinstance(value, int | float) or not math.isfinite(value):
-            raise ConfigError(f"{key}={value!r}: give a finite number")
-    for key in ("lr", "weight_decay"):
-        if m.optim[key] < 0:
-            raise ConfigError(f"model.optim.{key} must be >= 0")
-    generate = config.inference.tokens_to_generate
-    if not 1 <= generate <= m.max_seq_length:
-        raise ConfigError(
-            f"inference.tokens_to_generate={generate}: must be within 1 and the context, "
-            f"model.max_seq_length={m.max_seq_length}"
-        )
-    if m.optim.lr > MAX_LR:
-        raise ConfigError(
-            f"model.optim.lr={m.optim.lr}: Adam moves every prompt value by about lr a step and "
-            f"prompt values are of order 0.01 to 1, so a run this fast only diverges; use lr "
-            f"<= {MAX_LR} (prompt learning uses 1e-4 to 3e-2)"
-        )

@@ -6,7 +6,7 @@ same place (lists become tuples, `null` the key's empty value, numbers written a
 `1e-4` numbers). NeMo keys that ptlearn has no use for are listed in `NemoConfig.ignored` with
 the reason, and any other key is an error naming it. Hydra interpolations (`${name}`,
 `${model.tensor_model_parallel_size}`) are resolved first. A `???` value (NeMo's "required")
-stays `???` until a command-line override replaces it; `config_lib.validate` refuses a run
+stays `???` until a command-line override replaces it; `config_checks.validate` refuses a run
 that still has one, naming the key.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import ml_collections
 import yaml
 
-from ptlearn import config_lib
+from ptlearn import config_checks, config_lib
 from ptlearn.errors import ConfigError
 
 REQUIRED = config_lib.REQUIRED
@@ -56,8 +56,8 @@ IGNORED = {
     "model.optim.sched.monitor": "the schedules do not watch a metric",
     "model.optim.sched.reduce_on_plateau": "the schedules are CosineAnnealing and constant",
     # Kept in ptlearn's config at their defaults (SPEC 4) but not implemented: a yaml's value
-    # is noted, not applied (config_lib.UNIMPLEMENTED says what to use instead).
-    **{key: why for key, (_, why) in config_lib.UNIMPLEMENTED.items()},
+    # is noted, not applied (config_checks.UNIMPLEMENTED says what to use instead).
+    **config_checks.UNIMPLEMENTED,
 }
 _INTERPOLATION = re.compile(r"\$\{([^${}]+)\}")
 

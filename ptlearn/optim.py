@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import optax
 
 from ptlearn import masking
+from ptlearn.config_lib import SCHEDULES
 from ptlearn.errors import ConfigError
 
-SCHEDULES = ("CosineAnnealing", "constant")
 # NeMo's fused_adam / distributed_fused_adam (apex) default to adam_w_mode=True: decoupled decay.
 OPTIMIZERS = {
     "adam": "adam",

@@ -104,7 +104,7 @@ def base_config(variant: str) -> Any:
 def _setup(config: Any, variant: str, micro_batch_size: int | None) -> Any:
     """A training Setup for `variant` without data or weights: "auto" numerics as on a GPU,
     random prompt init (the memory of any init), the mesh of this process's devices."""
-    from ptlearn import config_lib, numerics, sharding, train_setup
+    from ptlearn import config_checks, config_lib, numerics, sharding, train_setup
     from ptlearn.checkpoints.loading import LoadedModel
 
     base = base_config(variant)
@@ -117,7 +117,7 @@ def _setup(config: Any, variant: str, micro_batch_size: int | None) -> Any:
             config.model.global_batch_size = micro_batch_size * groups
         n = len(config_lib.as_tuple(config.model.new_tasks))
         config.model.prompt_tuning.new_prompt_init_methods = ("random",) * max(n, 1)
-    config_lib.validate(config)
+    config_checks.validate(config)
     m = config.model
     devices = sharding.select_devices(config.trainer.devices)
     mesh = sharding.make_mesh(m.tensor_model_parallel_size, config.mesh.fsdp, devices)

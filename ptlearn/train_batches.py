@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from ptlearn import distributed, sharding
+from ptlearn import config_lib, distributed, sharding
 from ptlearn.data import batching
 from ptlearn.errors import DataError
 from ptlearn.train_setup import Setup
@@ -48,6 +48,19 @@ class Batches:
         self.task_index = {t: i for i, t in enumerate(s.task_names)}
         self.lengths = [len(e.ids) for e in s.train_examples]
         self.per_epoch = _steps_per_epoch(s)
+        weights = config_lib.as_tuple(s.config.model.data.train_task_weights)
+        # No weights: each task by its example count, every example once an epoch (no pool).
+        self.task_of: np.ndarray | None = None
+        self.task_weights = weights
+        if weights:
+            self.task_of = np.asarray([s.new_tasks.index(e.taskname) for e in s.train_examples])
+            for t, (task, weight) in enumerate(zip(s.new_tasks, weights, strict=True)):
+                if weight > 0 and not np.any(self.task_of == t):
+                    raise DataError(
+                        f"model.data.train_task_weights gives task {task!r} weight {weight} "
+                        "but model.data.train_ds has no usable example of it; add its data "
+                        "or give it weight 0"
+                    )
         self._epoch: int | None = None
         self._order: list[np.ndarray] = []
         self.batch_sharding = sharding.batch_sharding(s.mesh, s.rules, micro_batched=True)
@@ -63,6 +76,11 @@ class Batches:
                 seed=m.data.seed,
                 epoch=epoch,
                 shuffle=m.data.shuffle,
+                pool=None
+                if self.task_of is None
+                else batching.mixture_pool(
+                    self.task_of, self.task_weights, seed=m.data.seed, epoch=epoch
+                ),
             )
             self._epoch = epoch
         order = self._order[index]

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from ptlearn import (
+    config_checks,
     config_lib,
     deep_prompts,
     encoding,
@@ -295,7 +296,7 @@ def encoder_config_from(model_cfg: Any, base: Any) -> prompt_encoders.EncoderCon
 def setup(config: ml_collections.ConfigDict) -> Setup:
     """Validates the config and reads templates and data, then loads the base model. The
     Setup's config has every "auto" numerics key resolved for the devices (`numerics`)."""
-    config_lib.validate(config)
+    config_checks.validate(config)
     devices = sharding.select_devices(config.trainer.devices)
     config, chosen = numerics.resolve(config, devices)
     m = config.model

@@ -27,7 +27,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ptlearn import (
-    config_lib,
+    config_checks,
     distributed,
     files,
     masking,
@@ -37,7 +37,7 @@ from ptlearn import (
     sharding,
 )
 from ptlearn.checkpoints.prompt_model import check_replaceable
-from ptlearn.checkpoints.train_state import TrainCheckpoints
+from ptlearn.checkpoints.train_state import LogWindow, TrainCheckpoints
 from ptlearn.evaluation import (
     frozen_tables,
     spread,
@@ -162,7 +162,7 @@ def train_and_evaluate(
 
 def _train_and_evaluate(config, workdir_path, allow_config_change) -> runs.Run:
     started = time.time()
-    config_lib.validate(config)
+    config_checks.validate(config)
     # Checked before the model loads (a refused rerun costs nothing), written once the data
     # proved readable (a failed setup leaves no record that would refuse the fixed config).
     record = runs.run_record(config)
@@ -248,8 +248,11 @@ def _steps(loop: Loop, state: dict, received: list) -> tuple[dict, int, str | No
     replicated = NamedSharding(s.mesh, PartitionSpec())
     deadline = time.time() + trainer.max_time_minutes * 60 if trainer.max_time_minutes else None
     epoch, index = int(state["epoch"]), int(state["batch_in_epoch"])
-    pending: list[dict] = []  # device scalars, fetched only when logging (no per-step sync)
-    window_start = time.time()
+    # Device scalars, fetched only when logging (no per-step sync); a state saved inside a
+    # logging window resumes with that window's steps, so its row logs what it would have.
+    window = checkpoints.window(step)
+    pending: list[dict] = list(window.stats)
+    window_start = time.time() - window.elapsed_s
     while step < steps:
         state, stats = train_step(state, frozen, batches.get(epoch, index))
         step, index = step + 1, index + 1
@@ -272,11 +275,15 @@ def _steps(loop: Loop, state: dict, received: list) -> tuple[dict, int, str | No
             # Checked before a checkpoint can hold them (kept, now on the host, for the log).
             pending = distributed.to_host(pending)
             check_finite(s, pending, step - len(pending) + 1, checkpoints)
-            _validate_and_save(loop, state, eval_step, step)
-            window_start = time.time()  # validation time is not training throughput
+            paused = time.time()
+            _validate_and_save(
+                loop, state, eval_step, step, LogWindow(pending, paused - window_start)
+            )
+            window_start += time.time() - paused  # validation time is not training throughput
         if received:
             if not validating:  # the state of this step, resumable (not a best candidate)
-                checkpoints.save(step, state)
+                pending = distributed.to_host(pending)
+                checkpoints.save(step, state, window=LogWindow(pending, time.time() - window_start))
             log.write(step, {"stopped": signal.Signals(received[0]).name, "max_steps": steps})
             raise Interrupted(received[0], step)
         if timed_out:
@@ -305,8 +312,11 @@ def _step_log(fetched: list[dict], elapsed: float) -> dict[str, float]:
     }
 
 
-def _validate_and_save(loop: Loop, state: dict, eval_step: Any, step: int) -> None:
-    """val_loss (+ task metrics), then the checkpoint (latest, and best candidate)."""
+def _validate_and_save(
+    loop: Loop, state: dict, eval_step: Any, step: int, window: LogWindow
+) -> None:
+    """val_loss (+ task metrics), then the checkpoint (latest, and best candidate) with the
+    logging window open at `step`."""
     s, frozen, checkpoints, log = loop.s, loop.frozen, loop.checkpoints, loop.log
     start = time.time()
     values = validate_loss(s, eval_step, state["trainable"], frozen)
@@ -319,7 +329,7 @@ def _validate_and_save(loop: Loop, state: dict, eval_step: Any, step: int) -> No
     bad = [k for k, v in values.items() if not np.isfinite(float(v))]
     if bad:  # never a checkpoint, let alone the best one, with a non-finite validation
         raise stop_error(s, step, f"{bad[0]} is {values[bad[0]]}", checkpoints)
-    checkpoints.save(step, state, {k: float(v) for k, v in values.items()} or None)
+    checkpoints.save(step, state, {k: float(v) for k, v in values.items()} or None, window)
 
 
 def _finish(loop: Loop, state: dict, step: int, stopped: str | None) -> runs.Run:

@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 from tiny_model import write_tiny_data
 
 import ptlearn
-from ptlearn import config_lib, evaluation, files, predict
+from ptlearn import config_checks, evaluation, files, predict
 from ptlearn.data import toy
 from ptlearn.errors import ConfigError, PtlearnError
 
@@ -286,7 +286,7 @@ def test_prompted_lm_predict_rank_generate_evaluate(toy_data, tmp_path):
         "sentiment_prompt_tuning", "model=tiny", **{"model.data.validation_answers": "guess"}
     )
     with pytest.raises(ConfigError, match="validation_answers"):
-        config_lib.validate(bad)
+        config_checks.validate(bad)
     scores = lm.evaluate(records, rank_classification=True)
     expected = np.mean([p == r["label"] for p, r in zip(ranked, records, strict=True)])
     assert scores["sentiment"]["accuracy"] == pytest.approx(expected)

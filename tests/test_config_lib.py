@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from ptlearn import config_lib
+from ptlearn import config_checks, config_lib
 from ptlearn.configs import common
 from ptlearn.errors import ConfigError
 
@@ -43,7 +43,7 @@ def test_validate_names_the_key(key, value, message):
     section, name = key.split(".")
     config[section][name] = value
     with pytest.raises(ConfigError, match=message):
-        config_lib.validate(config)
+        config_checks.validate(config)
 
 
 @pytest.mark.parametrize(
@@ -108,4 +108,39 @@ def test_nemo_keys_ptlearn_does_not_implement_are_refused_unless_default(key, va
     config = config_lib.base_config()
     config.update_from_flattened_dict({key: value})
     with pytest.raises(ConfigError, match=rf"{key}={value!r}: a NeMo setting .*{instead}"):
-        config_lib.validate(config)
+        config_checks.validate(config)
+
+
+def test_an_unknown_schedule_is_refused_by_validate_as_optim_reads_names():
+    config = common.single_task_config("sentiment", "p-tuning", ARGS)
+    config.model.optim.sched.name = "CONSTANT"  # optim reads the names case-blind
+    config_checks.validate(config)
+    config.model.optim.sched.name = "cosine"
+    with pytest.raises(ConfigError, match="sched.name='cosine': use one of CosineAnnealing, const"):
+        config_checks.validate(config)
+
+
+def test_the_multitask_recipe_is_the_three_recipes_each_with_its_examples():
+    recipes = [
+        config_lib.load_config(n, "model=tiny") for n in ("sentiment", "squad", "intent_slot")
+    ]
+    merged = config_lib.load_config("multitask", "model=tiny,batch=16")
+    m = merged.model
+    assert m.new_tasks == ("sentiment", "squad", "intent_and_slot")
+    assert [t.prompt_template for t in m.task_templates] == [
+        r.model.task_templates[0].prompt_template for r in recipes
+    ]
+    examples = [r.trainer.max_steps * r.model.global_batch_size for r in recipes]
+    assert m.data.train_task_weights == tuple(examples)
+    assert merged.trainer.max_steps == round(sum(examples) / 16)
+    assert m.prompt_tuning.new_prompt_init_text == tuple(
+        r.model.prompt_tuning.new_prompt_init_text[0] for r in recipes
+    )
+    config_checks.validate(merged)
+
+
+def test_merging_configs_that_differ_in_a_shared_key_names_it():
+    a = config_lib.load_config("sentiment", "model=tiny")
+    b = config_lib.load_config("squad", "model=tiny,projection=1")
+    with pytest.raises(ConfigError, match="model.prefix_tuning.projection: the merged configs"):
+        common.merged_config([a, b], lr=1e-3, batch=8)

@@ -3,7 +3,6 @@ in a process whose peak RSS is measured: files claiming huge sizes (stride-0 ten
 dicts, 10^9 layers in GGUF or NeMo metadata), archives that inflate (torch zip, .nemo) or
 outgrow the disk, encoder and generation sizes beyond any machine."""
 
-import os
 import re
 import subprocess
 import sys
@@ -12,9 +11,9 @@ import time
 import gguf
 import numpy as np
 import pytest
-from tiny_model import tiny_config, write_tiny_data, write_tiny_model
+from tiny_model import tiny_config, tiny_subprocess_env, write_tiny_data, write_tiny_model
 
-from ptlearn import config_lib, training
+from ptlearn import config_checks, training
 from ptlearn.checkpoints import gguf as gguf_import
 from ptlearn.errors import CheckpointError, ConfigError
 
@@ -79,7 +78,7 @@ def _cli_in_subprocess(module: str, argv: list[str]) -> tuple[int, str, int]:
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"},
+        env=tiny_subprocess_env(),
     )
     return proc.returncode, proc.stderr, int(proc.stderr.rsplit("PEAK_MB", 1)[1])
 
@@ -120,7 +119,7 @@ def test_generation_longer_than_the_context_is_refused(tiny):
     config = tiny_config(*tiny)
     config.inference.tokens_to_generate = 10**9
     with pytest.raises(ConfigError, match="inference.tokens_to_generate"):
-        config_lib.validate(config)
+        config_checks.validate(config)
 
 
 # Python, numpy and the importer's modules; a file that got read whole would add its size.

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ptlearn import config_lib, nemo_yaml
+from ptlearn import config_checks, nemo_yaml
 from ptlearn.data import toy
 from ptlearn.data.jsonl import write_jsonl
 from ptlearn.errors import ConfigError
@@ -47,7 +47,7 @@ def test_the_reference_yaml_maps_every_key_or_says_why_not(shared_dir):
     assert read.ignored["trainer.accelerator"].startswith("JAX runs on the devices it finds")
     assert c.trainer.accelerator == "auto" and c.model.data.num_workers == 0
     with pytest.raises(ConfigError, match=r"model.data.train_ds, .*: required \(\?\?\? in"):
-        config_lib.validate(c)
+        config_checks.validate(c)
 
 
 def test_interpolations_and_their_errors(tmp_path):

@@ -41,6 +41,7 @@ def test_the_table_has_peft_seeds_beside_ptlearn_rows(tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert "| PEFT prompt (bf16 autocast) | 4.0 min | 91.0 ± 1.4% | 92.0 ± 1.4% | 2 |" in table
     assert "| ptlearn deep prompts (prefix tuning), text init (bf16) |" in table
+    assert "| ptlearn the FPB recipe (bf16) | 7.0 min (whole run) | 97.7 ± 1.1% |" in table
 
 
 @pytest.mark.skipif(not PEER_PYTHON.is_file(), reason=f"no PEFT venv at {PEER_PYTHON}")

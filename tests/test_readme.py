@@ -3,16 +3,15 @@ drift from the code."""
 
 import importlib.util
 import json
-import os
 import pathlib
 import re
 import subprocess
 import sys
 
 import pytest
-from tiny_model import write_tiny_model
+from tiny_model import tiny_subprocess_env, write_tiny_model
 
-from ptlearn import config_lib, templates
+from ptlearn import config_checks, config_lib, templates
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -60,7 +59,7 @@ def test_every_config_loads_and_validates(path, shared_dir):
         )
     else:
         config = module.get_config()
-    config_lib.validate(config)
+    config_checks.validate(config)
     parsed = templates.parse_task_templates(config.model.task_templates)
     assert set(config.model.new_tasks) <= set(parsed)
     assert module.__doc__ and "python -m ptlearn.train" in module.__doc__
@@ -68,13 +67,9 @@ def test_every_config_loads_and_validates(path, shared_dir):
 
 def test_main_job_script_end_to_end_on_a_tiny_model(shared_dir, tmp_path):
     model = write_tiny_model(tmp_path / "model")
-    env = {
-        **os.environ,
-        "PYTHON": sys.executable,
-        "DATA_DIR": str(tmp_path / "fpb"),
-        "WORKDIR": str(tmp_path / "run"),
-        "XLA_FLAGS": "",
-    }
+    env = tiny_subprocess_env(
+        PYTHON=sys.executable, DATA_DIR=str(tmp_path / "fpb"), WORKDIR=str(tmp_path / "run")
+    )
     flags = [
         f"--config.model.language_model_path={model}",
         "--config.trainer.max_steps=3",

@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 import pytest
+from tiny_model import FAST_COMPILE, tiny_subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SETUP_COMMANDS = ("python3 -m venv",)  # the main job and the test command: test_readme.py
@@ -84,6 +85,8 @@ def smoke(command: str, previous: list[str]) -> list[tuple[dict, list[str]]]:
         words = [w for w in words if not w.startswith("--model=")] + ["--model=tiny"]
         words = [re.sub(r"^--steps=\d+$", "--steps=2", w) for w in words]
         words = [re.sub(r"^--(batch|seq)=\d+$", r"--\1=8", w) for w in words]
+    # `ptlearn.lm` runs a real model's weights; the others run the tiny model, or none.
+    flags = ([] if module == "ptlearn.lm" else [FAST_COMPILE]) + env.get("XLA_FLAGS", "").split()
     if any(w.startswith("--config.distributed.process_id=") for w in words):
         port = _free_port()
         words = [
@@ -92,13 +95,15 @@ def smoke(command: str, previous: list[str]) -> list[tuple[dict, list[str]]]:
             else w
             for w in words
         ]
-        env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+        env["XLA_FLAGS"] = " ".join([*flags, "--xla_force_host_platform_device_count=2"])
         return [
             (env, [re.sub(r"process_id=\d+$", f"process_id={i}", w) for w in words])
             for i in range(2)
         ]
-    if "tensor_model_parallel_size=4" in command:  # the GPU example, on simulated devices
-        env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    if module == "ptlearn.train" and "tensor_model_parallel_size=4" in command:
+        # the GPU example, on simulated devices
+        flags.append("--xla_force_host_platform_device_count=8")
+    env["XLA_FLAGS"] = " ".join(flags)
     return [(env, words)]
 
 
@@ -116,7 +121,7 @@ def _sandbox(tmp_path: pathlib.Path, shared: pathlib.Path) -> pathlib.Path:
 def test_every_readme_command_runs(shared_dir, default_model, tmp_path):
     work = _sandbox(tmp_path, shared_dir)
     shared_root = pathlib.Path("/shared/runs")
-    base_env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    base_env = {**os.environ, "JAX_PLATFORMS": "cpu"}  # smoke() gives each its XLA_FLAGS
     done: list[str] = []
     for command in readme_commands():
         if command.startswith(SETUP_COMMANDS):
@@ -156,7 +161,7 @@ def test_every_readme_command_runs(shared_dir, default_model, tmp_path):
     proc = subprocess.run(
         [sys.executable, str(script)],
         cwd=work,
-        env=base_env,
+        env=tiny_subprocess_env(),
         capture_output=True,
         text=True,
         timeout=600,

@@ -9,7 +9,7 @@ import time
 
 import pandas as pd
 import pytest
-from tiny_model import write_tiny_data
+from tiny_model import tiny_subprocess_env, write_tiny_data
 
 from ptlearn import hyper, report, sweep
 from ptlearn.errors import ConfigError
@@ -41,7 +41,9 @@ def _args(data, workdir, *extra, steps=4):
 
 
 def _sweep(*args):
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        list(args), capture_output=True, text=True, timeout=900, env=tiny_subprocess_env(8)
+    )
 
 
 def test_axes_expand_narrow_and_add():
@@ -114,7 +116,13 @@ def test_killed_sweep_resumes_its_arm_and_a_failing_arm_is_recorded(toy_data, tm
         "--config.model.prompt_tuning.new_prompt_init_text=('',)",
         steps=200,
     )
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=tiny_subprocess_env(8),
+    )
     arm = tmp_path / "init=vocab,seed=0"
     deadline = time.time() + 300
     while time.time() < deadline:

@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from tiny_model import tiny_config, write_tiny_data, write_tiny_model
+from tiny_model import tiny_config, tiny_subprocess_env, write_tiny_data, write_tiny_model
 
 from ptlearn import predict, training
 from ptlearn.checkpoints import load_model
@@ -116,7 +116,7 @@ def _write_config(tmp_path, model, data, val_check_interval=5, log_every_n_steps
 
 
 def _run(cmd, **kwargs):
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    env = tiny_subprocess_env()
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, **kwargs)
 
 
@@ -144,7 +144,7 @@ def test_kill_9_at_random_moments_then_reruns_end_bit_identical(tiny, tmp_path, 
     assert done.returncode == 0, done.stderr[-2000:]
     run_seconds = time.time() - started
 
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    env = tiny_subprocess_env()
     rng = random.Random(0)
     kills = attempts = 0
     while kills < kill_trials and attempts < 2 * kill_trials:
@@ -283,6 +283,34 @@ def test_frozen_weights_in_bfloat16_prompts_and_optimizer_in_float32(tiny):
     assert np.isfinite(float(stats["loss"]))
 
 
+def test_a_stop_inside_a_logging_window_resumes_the_logged_loss(tiny, tmp_path, monkeypatch):
+    """A stop saved at step 3 of a 5-step logging window (validation every 3): the resumed run
+    logs step 5's loss over steps 1-5 (the saved window), as the uninterrupted run does."""
+    import contextlib
+
+    from ptlearn.run_guards import Interrupted
+
+    config = tiny_config(*tiny)
+    config.trainer.val_check_interval, config.trainer.log_every_n_steps = 3, 5
+    whole = training.train_and_evaluate(config, str(tmp_path / "whole"))
+    received = []
+    validate = training.validate_tasks
+
+    def stop_at_first_validation(*args, **kwargs):
+        received.append(signal.SIGTERM)  # what the SIGTERM handler does, without a real signal
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(training, "stop_signals", lambda: contextlib.nullcontext(received))
+    monkeypatch.setattr(training, "validate_tasks", stop_at_first_validation)
+    with pytest.raises(Interrupted, match="at step 3"):
+        training.train_and_evaluate(config, str(tmp_path / "stopped"))
+    assert (tmp_path / "stopped" / "checkpoints" / "log_window" / "3.json").is_file()
+    monkeypatch.undo()
+    training.train_and_evaluate(config, str(tmp_path / "stopped"))
+    assert _losses(tmp_path / "stopped") == _losses(tmp_path / "whole")
+    assert sorted(_losses(tmp_path / "whole")) == [5, 6] and whole.final
+
+
 @pytest.mark.slow
 def test_sigterm_saves_its_step_and_the_rerun_resumes_bit_identically(tiny, tmp_path):
     import re
@@ -292,7 +320,7 @@ def test_sigterm_saves_its_step_and_the_rerun_resumes_bit_identically(tiny, tmp_
     cmd = [sys.executable, "-m", "ptlearn.train", f"--config={config_file}"]
     done = _run(cmd + [f"--workdir={whole}"])
     assert done.returncode == 0, done.stderr[-2000:]
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    env = tiny_subprocess_env()
     proc = subprocess.Popen(
         cmd + [f"--workdir={stopped}"],
         env=env,

@@ -9,7 +9,7 @@ import pytest
 from test_train import _write_config
 from tiny_model import tiny_config, write_tiny_data, write_tiny_model
 
-from ptlearn import config_lib, training
+from ptlearn import config_checks, training
 from ptlearn.errors import CheckpointError, ConfigError, DataError, TemplateError
 
 
@@ -87,7 +87,7 @@ def test_pipeline_parallelism_is_refused_clearly(tiny):
     config = tiny_config(*tiny)
     config.model.pipeline_model_parallel_size = 2
     with pytest.raises(ConfigError, match="not supported yet, use fsdp|not supported yet"):
-        config_lib.validate(config)
+        config_checks.validate(config)
 
 
 def test_corrupt_checkpoint_is_reported(tiny, tmp_path):
@@ -144,7 +144,7 @@ def test_non_finite_numbers_are_config_errors(tiny, key, value):
     config = tiny_config(*tiny)
     config.update_from_flattened_dict({key: value})
     with pytest.raises(ConfigError, match=r"give a finite number"):
-        config_lib.validate(config)
+        config_checks.validate(config)
 
 
 def test_a_diverging_run_stops_and_writes_nothing_non_finite(tiny, tmp_path, monkeypatch):
@@ -157,7 +157,7 @@ def test_a_diverging_run_stops_and_writes_nothing_non_finite(tiny, tmp_path, mon
     config = tiny_config(*tiny)
     config.model.optim.lr = 1e10
     with pytest.raises(ConfigError, match=r"model.optim.lr=10000000000.0: Adam moves"):
-        config_lib.validate(config)
+        config_checks.validate(config)
     config = tiny_config(*tiny)
     config.trainer.log_every_n_steps = 4  # the NaN of step 3 surfaces at the next fetch
     real = training.make_train_step

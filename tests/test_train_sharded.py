@@ -2,7 +2,6 @@
 between mesh shapes; two processes on 127.0.0.1 train like one process with their devices."""
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -11,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 from test_train import _write_config
-from tiny_model import tiny_config, write_tiny_data, write_tiny_model
+from tiny_model import tiny_config, tiny_subprocess_env, write_tiny_data, write_tiny_model
 
 from ptlearn import training
 
@@ -105,16 +104,9 @@ def test_two_processes_match_one_process_with_their_devices(tiny, tmp_path):
         "--config.model.data.validation_metric_examples=0",
     ]
 
-    def env(devices):
-        return {
-            **os.environ,
-            "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-        }
-
     one = subprocess.run(
         common + [f"--workdir={tmp_path / 'one'}"],
-        env=env(4),
+        env=tiny_subprocess_env(4),
         capture_output=True,
         text=True,
         timeout=600,
@@ -130,7 +122,7 @@ def test_two_processes_match_one_process_with_their_devices(tiny, tmp_path):
                 "--config.distributed.num_processes=2",
                 f"--config.distributed.process_id={i}",
             ],
-            env=env(2),
+            env=tiny_subprocess_env(2),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -24,6 +24,37 @@ def bucket_length(length: int, max_length: int) -> int:
     return min(-(-length // step) * step, max_length)
 
 
+def mixture_pool(
+    task_of: Sequence[int], weights: Sequence[float], *, seed: int, epoch: int
+) -> np.ndarray:
+    """The example indices of one epoch of a task mixture: as many places as examples (N),
+    task t filling its share weights[t] / sum(weights) of them (largest remainders round).
+
+    task_of: [N] task number of each example (0 <= t < len(weights)). A task with fewer
+    examples than places repeats them, each pass a fresh permutation, so every example comes
+    before any comes twice; a task with more gets a different subset each epoch. Returns [N]
+    indices, grouped by task (epoch_batches shuffles them). Same (seed, epoch) -> same pool.
+    """
+    task_of = np.asarray(task_of)
+    count = len(task_of)
+    shares = np.asarray(weights, np.float64) / float(np.sum(weights))
+    quotas = np.floor(shares * count).astype(int)
+    remainders = shares * count - quotas
+    for t in np.argsort(-remainders, kind="stable")[: count - int(quotas.sum())]:
+        quotas[t] += 1
+    pool = []
+    for t, quota in enumerate(quotas):
+        members = np.flatnonzero(task_of == t)
+        if quota == 0:
+            continue
+        if len(members) == 0:
+            raise ValueError(f"task {t} has weight {weights[t]} but no examples")
+        rng = np.random.default_rng([seed, epoch, 2, t])
+        passes = -(-quota // len(members))
+        pool.append(np.concatenate([rng.permutation(members) for _ in range(passes)])[:quota])
+    return np.concatenate(pool)
+
+
 def epoch_batches(
     lengths: Sequence[int],
     batch_size: int,
@@ -32,19 +63,23 @@ def epoch_batches(
     epoch: int,
     shuffle: bool = True,
     drop_last: bool = True,
+    pool: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """The example indices of each batch of one epoch, in order.
 
-    lengths: [N] token counts. Returns a list of [batch_size] int arrays (the last one shorter
-    when drop_last is False). Same (seed, epoch) -> same batches.
+    lengths: [N] token counts. pool: the epoch's [P] example indices (mixture_pool; repeats
+    allowed), or None for every example once. Returns a list of [batch_size] int arrays (the
+    last one shorter when drop_last is False). Same (seed, epoch) -> same batches.
     """
-    count = len(lengths)
     lengths = np.asarray(lengths)
+    if pool is None:
+        pool = np.arange(len(lengths))
+    count = len(pool)
     if not shuffle:
-        order = np.arange(count)
+        order = pool
     else:
         rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(count)
+        order = pool[rng.permutation(count)]
         window = batch_size * SORT_WINDOW_BATCHES
         chunks = [order[i : i + window] for i in range(0, count, window)]
         order = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in chunks])
