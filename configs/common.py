@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import ml_collections
 
+from ptlearn import runs
 from ptlearn.config_lib import AUTO, base_config, task_template
+from ptlearn.errors import ConfigError
 
 # The seed applications' templates (SPEC sections 2-3); configs pick from these.
 VIRTUAL_MARKER = "<|VIRTUAL_PROMPT_0|>"
@@ -123,3 +125,74 @@ def deep_prompt_config(
     c.model.optim.lr = args.lr
     c.model.optim.sched.warmup_steps = 30
     return c
+
+
+# Per-task keys a merged run concatenates, one entry per task in each single-task config.
+_PER_TASK_KEYS = (
+    "model.new_tasks",
+    "model.task_templates",
+    "model.data.train_ds",
+    "model.data.validation_ds",
+    "model.data.test_ds",
+    "model.prompt_tuning.new_prompt_init_methods",
+    "model.prompt_tuning.new_prompt_init_text",
+)
+# Run-level keys the merge sets itself (budgets, validation, decoding lengths).
+_RUN_KEYS = (
+    "model.global_batch_size",
+    "model.micro_batch_size",
+    "model.max_seq_length",
+    "model.optim.lr",
+    "model.data.train_task_weights",
+    "model.data.validation_metric_examples",
+    "trainer.max_steps",
+    "trainer.val_check_interval",
+    "trainer.limit_val_batches",
+    "inference.tokens_to_generate",
+    "inference.batch_size",
+)
+
+
+def merged_config(
+    configs: list[ml_collections.ConfigDict], *, lr: float, batch: int, steps: int = 0
+) -> ml_collections.ConfigDict:
+    """One multitask run of several single-task configs: their tasks, templates, data and
+    prompt inits side by side, each task weighted by the examples its config trains on
+    (max_steps x global_batch_size), in mixed batches of `batch` for `steps` steps (0: the
+    configs' examples over `batch`) at one learning rate `lr`. Any other key on which the
+    configs differ is a ConfigError: the merge would have to pick one silently."""
+    flats = [runs.flatten(c.to_dict()) for c in configs]
+    for key in flats[0]:
+        if key in _PER_TASK_KEYS or key in _RUN_KEYS:
+            continue
+        values = {repr(f[key]) for f in flats}
+        if len(values) > 1:
+            raise ConfigError(f"{key}: the merged configs differ ({', '.join(values)})")
+    merged = configs[0].copy_and_resolve_references()
+    with merged.unlocked():
+        for key in _PER_TASK_KEYS:
+            *path, leaf = key.split(".")
+            node = merged
+            for part in path:
+                node = node[part]
+            parts = []
+            for c in configs:
+                source = c
+                for part in path:
+                    source = source[part]
+                parts.extend(source[leaf])
+            node[leaf] = tuple(parts)
+        examples = [c.trainer.max_steps * c.model.global_batch_size for c in configs]
+        m = merged.model
+        m.global_batch_size = m.micro_batch_size = batch
+        m.max_seq_length = max(c.model.max_seq_length for c in configs)
+        m.optim.lr = lr
+        m.data.train_task_weights = tuple(examples)
+        # Decoded answers only inform (val_loss picks); SQuAD and intent decoding is the cost.
+        m.data.validation_metric_examples = 150
+        merged.trainer.max_steps = steps or round(sum(examples) / batch)
+        merged.trainer.val_check_interval = max(1, merged.trainer.max_steps // 8)
+        merged.trainer.limit_val_batches = 40
+        merged.inference.tokens_to_generate = max(c.inference.tokens_to_generate for c in configs)
+        merged.inference.batch_size = min(c.inference.batch_size for c in configs)
+    return merged

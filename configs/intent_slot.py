@@ -1,5 +1,7 @@
 """The intent and slot recipe for the NLU Evaluation (Assistant) data: deep prompts (keys and
-values at every layer) started from the frozen model's keys and values of a task description.
+values at every layer) started from the frozen model's keys and values of a task description;
+lr 3e-2 and 2000 steps of batch 16, the best by validation of experiments/intent_slot_recipe
+so far (one seed: test intent 88.3%, slot F1 67.1 in 40 min on 2 CPU cores).
 
   python -m ptlearn.data.prepare assistant --raw_dir=../shared/data --out_dir=data/assistant
   python -m ptlearn.train --config=intent_slot --workdir=runs/intent_slot \
@@ -19,9 +21,9 @@ def get_config(arg=None):
         arg,
         data="data/assistant",
         model="default",
-        steps=1000,
+        steps=2000,
         virtual=10,
-        lr=3e-3,
+        lr=3e-2,
         batch=16,
         projection=False,
         seed=1234,

@@ -1,44 +1,31 @@
-"""All three seed applications trained at once with one shared p-tuning encoder.
-
-Each task keeps its own virtual-token inputs, so the shared MLP encoder gives each its own
-prompt; batches mix tasks freely.
+"""All three seed applications trained at once: the three single-task recipes (configs/
+sentiment.py, squad.py, intent_slot.py) merged into one run, each task keeping its own deep
+prompt (template, virtual tokens, init text) and seeing as many examples as its recipe does
+alone, in batches that mix the tasks (model.data.train_task_weights).
 
   python -m ptlearn.train --config=configs/multitask.py --workdir=runs/multitask
 
-Arguments: encoder, model, steps, virtual (virtual tokens per task), seed (prompt init and
-data order).
+Arguments: model, seed, lr (one optimizer for all tasks; 3e-2, the rate all three recipes
+chose), batch (of the mixed batches), steps (0: the recipes' examples over `batch`), virtual
+(0: each recipe's count).
 """
 
 from ptlearn import config_lib
 from ptlearn.configs import common
 
-TASKS = ("sentiment", "squad", "intent_and_slot")
+RECIPES = ("sentiment", "squad", "intent_slot")  # the configs of sentiment, squad, intent
 
 
 def get_config(arg=None):
     args = config_lib.parse_arg(
-        arg, encoder="mlp", model="default", steps=700, virtual=10, seed=1234
+        arg, model="default", seed=1234, lr=3e-2, batch=16, steps=0, virtual=0
     )
-    c = config_lib.base_config()
-    common.set_seed(c, args.seed)
-    entries = [common.reference_task(task, args.virtual) for task in TASKS]
-    c.model.language_model_path = args.model
-    c.model.virtual_prompt_style = "p-tuning"
-    c.model.new_tasks = TASKS
-    c.model.task_templates = tuple(template for template, _ in entries)
-    c.model.data.train_ds = tuple(files["train"] for _, files in entries)
-    c.model.data.validation_ds = tuple(files["validation"] for _, files in entries)
-    c.model.data.test_ds = tuple(files["test"] for _, files in entries)
-    c.model.data.validation_metric_examples = 0  # metrics by predict on the test files
-    c.model.max_seq_length = 384
-    c.model.p_tuning.encoder_type = args.encoder
-    c.model.p_tuning.encoder_hidden = 1024
-    c.model.optim.lr = 1e-3
-    c.model.optim.sched.warmup_steps = 30
-    c.trainer.max_steps = args.steps
-    c.trainer.val_check_interval = 175
-    c.trainer.limit_val_batches = 40
-    c.inference.tokens_to_generate = 48  # the longest intent label is 44 tokens
-    c.inference.batch_size = 32
-    common.fastest_numerics(c)
-    return c
+    per_task = f"model={args.model},seed={args.seed}" + (
+        f",virtual={args.virtual}" if args.virtual else ""
+    )
+    return common.merged_config(
+        [config_lib.load_config(name, per_task) for name in RECIPES],
+        lr=args.lr,
+        batch=args.batch,
+        steps=args.steps,
+    )

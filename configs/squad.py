@@ -1,6 +1,7 @@
 """The SQuAD v1.1 recipe (extractive QA, contexts truncated first when too long): deep prompts
 (keys and values at every layer) started from the frozen model's keys and values of a task
-description.
+description; lr 3e-2, 600 steps of batch 8, the best by validation of
+experiments/squad_recipe so far (one seed: test F1 64.6, EM 53.3 in 32 min on 2 CPU cores).
 
   python -m ptlearn.data.prepare squad --raw_dir=../shared/data --out_dir=data/squad
   python -m ptlearn.train --config=squad --workdir=runs/squad \
@@ -22,7 +23,7 @@ def get_config(arg=None):
         model="default",
         steps=600,
         virtual=10,
-        lr=3e-3,
+        lr=3e-2,
         batch=8,
         projection=False,
         seed=1234,
