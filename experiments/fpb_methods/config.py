@@ -4,7 +4,7 @@ trainable parameters.
 
   python -m ptlearn.data.prepare financial_phrasebank --raw_dir=../shared/data --out_dir=data/fpb
   python -m ptlearn.sweep --config=experiments/fpb_methods/config.py --workdir=runs/fpb_methods
-  python experiments/fpb_baselines.py --out=experiments/fpb_methods/baselines.csv
+  python experiments/majority_baselines.py --out=experiments/fpb_methods/baselines.csv
   python -m ptlearn.report runs/fpb_methods --out=experiments/fpb_methods \
     --baselines=experiments/fpb_methods/baselines.csv
 
@@ -17,7 +17,7 @@ and `ptune-{mlp,lstm,biglstm,tpmlp}` (p-tuning, 10 virtual tokens), `prefix-text
 values of the init text, or P-tuning v2's MLP projection). Trained methods run the
 shipped recipes for a fixed 400 steps in bf16 (as experiments/fpb_prompt_length); every method
 is scored on the same test split. The majority-class row comes from
-`python experiments/fpb_baselines.py --out=experiments/fpb_methods/baselines.csv`, given to the
+`python experiments/majority_baselines.py --out=experiments/fpb_methods/baselines.csv`, given to the
 report as `--baselines`.
 """
 

@@ -9,7 +9,7 @@ trains all three at once.
       --workdir=runs/multitask_vs_single
   python -m ptlearn.report runs/multitask_vs_single --out=experiments/multitask_vs_single
 
-`tasks=all` is the shipped `multitask` config (MLP encoder, 10 virtual tokens per task, batches
+`tasks=all` is the shipped `multitask_ptuning` config (MLP encoder, 10 virtual tokens per task, batches
 mixing the tasks); `tasks=sentiment|squad|intent_and_slot` is the same config restricted to one
 task (same encoder, optimizer and step budget, so a single-task run sees its task three times
 as often). 400 steps, bf16, full rematerialisation; every run scored on its tasks' test splits.
@@ -23,7 +23,7 @@ TASKS = ("sentiment", "squad", "intent_and_slot")
 
 def get_config(arg=None):
     args = config_lib.parse_arg(arg, tasks="all", seed=0, model="default")
-    config = config_lib.load_config("multitask", f"seed={args.seed},model={args.model}")
+    config = config_lib.load_config("multitask_ptuning", f"seed={args.seed},model={args.model}")
     with config.unlocked():
         if args.tasks != "all":
             if args.tasks not in TASKS:

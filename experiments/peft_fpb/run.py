@@ -13,7 +13,7 @@ classification) every 100 steps picks the prompt, 2 torch threads.
 Run with the peer venv's python (PTLEARN_PEER_PYTHON), from the checkout:
 
   $PTLEARN_PEER_PYTHON experiments/peft_fpb/run.py --method=prompt --seed=0 \
-      --budget_s=480 --marks_s=240 --out=experiments/peft_fpb/results.jsonl
+      --budget_s=480 --marks_s=240,420 --out=experiments/peft_fpb/results.jsonl
   python experiments/peft_fpb/run.py --table   # results.md beside results.jsonl (no torch)
 
 The model is the dense float32 HF folder that `python experiments/bench_vs_peft.py --convert`
@@ -36,7 +36,12 @@ LABELS = ["positive", "negative", "neutral"]
 LR = {"prompt": 3e-3, "ptune": 1e-3, "prefix": 3e-3}  # the peer's, and prefix as prompt
 INIT_TEXT = "Classify the sentiment of this financial news as positive, negative or neutral:"
 VIRTUAL = 10
-# fpb_methods rows shown beside PEFT's: the methods PEFT also has.
+# fpb_methods rows shown beside PEFT's: the baselines (no training), and the methods PEFT has.
+BASELINE_ROWS = {
+    "majority": "majority (the training split's most common label)",
+    "zero-shot": "frozen model zero-shot, greedy",
+    "zero-shot-rank": "frozen model zero-shot, by rank",
+}
 PTLEARN_ROWS = {
     "prompt-text": "prompt tuning, text init",
     "ptune-mlp": "p-tuning, MLP",
@@ -234,14 +239,24 @@ class Peer:
         }
 
 
+def _csv_rows(path: pathlib.Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
 def write_table(results: pathlib.Path, out: pathlib.Path) -> None:
-    """results.md: PEFT's runs (mean +- std over seeds at each mark) beside ptlearn's rows of
-    experiments/fpb_methods/results.csv."""
+    """results.md: PEFT's runs (mean +- std over seeds at each mark) beside ptlearn's: the FPB
+    recipe (experiments/recipes, 3 seeds), its shorter step budgets (experiments/fpb_recipe, one
+    seed), the methods PEFT also has and the baselines (experiments/fpb_methods)."""
+    if not results.is_file():
+        raise SystemExit(f"{results}: no PEFT runs recorded yet; run --method=... first")
     runs = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     groups: dict[tuple, list] = {}
     for run in runs:
         for point in run["train"]["test_at"]:
-            key = (run["method"], run["autocast"], point["mark_s"])
+            key = (run["method"], run["lr"], run["autocast"], point["mark_s"])
             groups.setdefault(key, []).append(point)
 
     def spread(values: list[float]) -> str:
@@ -253,30 +268,51 @@ def write_table(results: pathlib.Path, out: pathlib.Path) -> None:
     lines = [
         "# ptlearn and Hugging Face PEFT on the same FPB split and machine",
         "",
-        "Commands: `experiments/peft_fpb/run.py` (docstring); ptlearn's rows are",
-        "`experiments/fpb_methods/results.csv` (400 steps, bf16, 3 seeds).",
+        "Commands: `experiments/peft_fpb/run.py` (docstring); ptlearn's rows are the FPB recipe",
+        "(configs/sentiment.py: `experiments/recipes`, and its step budgets at one seed:",
+        "`experiments/fpb_recipe`) and `experiments/fpb_methods` (400 steps at lr 3e-3, 3 seeds).",
         "",
         "| system, method | wall time (training) | test accuracy, greedy | by rank | seeds |",
         "|---|---|---|---|---|",
     ]
-    for (method, autocast, mark), points in sorted(groups.items()):
+    for (method, lr, autocast, mark), points in sorted(groups.items()):
         precision = "bf16 autocast" if autocast else "float32"
         lines.append(
-            f"| PEFT {method} ({precision}) | {mark / 60:.1f} min "
+            f"| PEFT {method}, lr {lr:g} ({precision}) | {mark / 60:.1f} min "
             f"| {spread([p['acc_greedy'] for p in points])} "
             f"| {spread([p['acc_rank'] for p in points])} | {len(points)} |"
         )
-    ptlearn = REPO / "experiments" / "fpb_methods" / "results.csv"
-    with open(ptlearn) as f:
-        for row in csv.DictReader(f):
-            if row["method"] in PTLEARN_ROWS:
-                accuracy = float(row["test/test_sentiment/accuracy_mean"])
-                std = float(row["test/test_sentiment/accuracy_std"] or 0)
-                lines.append(
-                    f"| ptlearn {PTLEARN_ROWS[row['method']]} (bf16) "
-                    f"| {float(row['wall_time_min_mean']):.1f} min (whole run) "
-                    f"| {100 * accuracy:.1f} ± {100 * std:.1f}% | - | {row['seeds']} |"
-                )
+    experiments = REPO / "experiments"
+    ptlearn = [
+        ("the FPB recipe", row)
+        for row in _csv_rows(experiments / "recipes" / "results.csv")
+        if row["run"] == "sentiment"
+    ]
+    ptlearn += [
+        (f"the FPB recipe, {int(float(row['steps']))} steps", row)
+        for row in _csv_rows(experiments / "fpb_recipe" / "results.csv")
+        if float(row["lr"]) == 0.03
+        and int(float(row["steps"])) < 400
+        and all(not row.get(k) for k in ("batch", "sched", "wording"))
+    ]
+    methods = _csv_rows(experiments / "fpb_methods" / "results.csv")
+    ptlearn += [
+        (PTLEARN_ROWS[row["method"]], row) for row in methods if row["method"] in PTLEARN_ROWS
+    ]
+    for row in methods:
+        if row["method"] in BASELINE_ROWS:
+            accuracy = 100 * float(row["test/test_sentiment/accuracy_mean"])
+            lines.append(
+                f"| baseline: {BASELINE_ROWS[row['method']]} | - | {accuracy:.1f}% | - | 1 |"
+            )
+    for name, row in ptlearn:
+        accuracy = 100 * float(row["test/test_sentiment/accuracy_mean"])
+        std = row["test/test_sentiment/accuracy_std"]  # empty with one seed
+        shown = f"{accuracy:.1f} ± {100 * float(std):.1f}%" if std else f"{accuracy:.1f}%"
+        lines.append(
+            f"| ptlearn {name} (bf16) | {float(row['wall_time_min_mean']):.1f} min (whole run) "
+            f"| {shown} | - | {row['seeds']} |"
+        )
     out.write_text("\n".join(lines) + "\n")
 
 
@@ -285,7 +321,10 @@ def main() -> None:
     p.add_argument("--method", choices=sorted(LR))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget_s", type=float, default=480)
-    p.add_argument("--marks_s", default="240", help="comma list of seconds to score the test at")
+    # 420 s: the FPB recipe's whole run (7.0 min); 240 s: half of PEFT's budget.
+    p.add_argument(
+        "--marks_s", default="240,420", help="comma list of seconds to score the test at"
+    )
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--val_every", type=int, default=100)
