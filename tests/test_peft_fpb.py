@@ -26,7 +26,13 @@ def _line(method, seed, greedy, rank):
             "acc_greedy": greedy,
         }
     ]
-    return {"method": method, "seed": seed, "autocast": True, "train": {"test_at": test_at}}
+    return {
+        "method": method,
+        "seed": seed,
+        "lr": 3e-3,
+        "autocast": True,
+        "train": {"test_at": test_at},
+    }
 
 
 def test_the_table_has_peft_seeds_beside_ptlearn_rows(tmp_path):
@@ -39,7 +45,7 @@ def test_the_table_has_peft_seeds_beside_ptlearn_rows(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     table = (tmp_path / "results.md").read_text()
-    assert "| PEFT prompt (bf16 autocast) | 4.0 min | 91.0 ± 1.4% | 92.0 ± 1.4% | 2 |" in table
+    assert "| PEFT prompt, lr 0.003 (bf16 autocast) | 4.0 min | 91.0 ± 1.4% | 92.0 ± 1.4% | 2 |" in table
     assert "| ptlearn deep prompts (prefix tuning), text init (bf16) |" in table
     assert "| ptlearn the FPB recipe (bf16) | 7.0 min (whole run) | 97.7 ± 1.1% |" in table
 

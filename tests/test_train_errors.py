@@ -317,12 +317,12 @@ def test_a_workdir_failing_mid_run_names_the_safe_step_and_the_rerun_resumes(
     whole = training.train_and_evaluate(config, str(tmp_path / "whole"))
     real = train_state.TrainCheckpoints.save
 
-    def fail_at_step_4(self, step, state, metrics=None):
+    def fail_at_step_4(self, step, state, metrics=None, window=None):
         if step == 4:
             raise OSError(
                 getattr(errno, code), os.strerror(getattr(errno, code)), str(self.directory)
             )
-        return real(self, step, state, metrics)
+        return real(self, step, state, metrics, window)
 
     monkeypatch.setattr(train_state.TrainCheckpoints, "save", fail_at_step_4)
     workdir = tmp_path / "w"
