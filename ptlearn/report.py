@@ -27,6 +27,18 @@ from ptlearn.sweep import SWEEP_FILE
 
 # Row keys that are bookkeeping, not results: left out of the tables.
 NOT_METRICS = ("step", "epoch", "lr", "elapsed_s", "val_time_s", "grad_norm")
+# arms.csv's columns that are an arm's outcome (arm_rows), not one of its settings.
+OUTCOMES = (
+    "arm",
+    "status",
+    "error",
+    "stopped",
+    "steps",
+    "best_step",
+    "wall_time_min",
+    "trainable_parameters",
+)
+OUTCOME_PREFIXES = ("final/", "best/", "test/")
 
 
 def _is_seed(axis: str) -> bool:
@@ -79,8 +91,14 @@ def arm_rows(workdir: pathlib.Path) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, axes
 
 
+def setting_columns(columns: Sequence[str]) -> list[str]:
+    """The columns of an arms.csv (or a baselines CSV in its layout) that are settings."""
+    return [c for c in columns if c not in OUTCOMES and not c.startswith(OUTCOME_PREFIXES)]
+
+
 def read_baselines(path: str | pathlib.Path, axes: Sequence[str]) -> Any:
-    """The rows of a baselines CSV, checked: each names its setting of the sweep's axes."""
+    """The rows of a baselines CSV, checked: each names its setting of the sweep's axes (it
+    may have settings of its own, as an earlier sweep's arms.csv has)."""
     import pandas as pd
 
     try:
@@ -244,6 +262,8 @@ def write_report(
             swept = {r["arm"] for r in rows}
             arms.insert(0, "setting", [workdir.name if a in swept else a for a in arms["arm"]])
             axes = ["setting", *axes]
+        # Settings only the baselines vary (an earlier sweep's batch) keep their rows apart.
+        axes = [*axes, *(c for c in setting_columns(arms.columns) if c not in axes)]
     for old in [*out.glob("plot_*.png"), out / "curves.png", out / "results.csv"]:
         old.unlink(missing_ok=True)  # the report's own outputs of an earlier state
     written = {"arms": str(out / "arms.csv")}

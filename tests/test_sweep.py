@@ -98,6 +98,18 @@ def test_two_by_two_sweep_skips_finished_arms_and_reports(toy_data, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 to run" in again.stderr
     assert stamps == {n: (tmp_path / n / "result.json").stat().st_mtime_ns for n in statuses}
+    # An earlier sweep's arms as baselines: its seeds join the same setting's, and a setting
+    # only it has (batch) keeps its rows apart.
+    earlier = pd.read_csv(tmp_path / "arms.csv").assign(
+        arm=lambda t: "earlier-" + t["arm"],
+        batch=lambda t: [4 if i == "vocab" else None for i in t["init"]],
+    )
+    earlier.to_csv(tmp_path / "earlier.csv", index=False)
+    report.write_report(tmp_path, tmp_path / "with_earlier", tmp_path / "earlier.csv")
+    merged = pd.read_csv(tmp_path / "with_earlier" / "results.csv")
+    keys = zip(merged["init"], merged["batch"].fillna(0), merged["seeds"], strict=True)
+    seeds = {(i, b): n for i, b, n in keys}
+    assert seeds == {("vocab", 4): 2, ("vocab", 0): 2, ("random", 0): 4}
     # Under another config every arm's workdir is refused, and no old result is reported.
     changed = _sweep(*args, "--config.model.optim.lr=0.5")
     assert changed.returncode == 1
