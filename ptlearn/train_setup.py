@@ -438,8 +438,10 @@ def _init_tables(s: Setup, num_tokens: Sequence[int], rng: jax.Array) -> dict[st
     )
     texts = _per_task(m.prompt_tuning.new_prompt_init_text, s.new_tasks, "new_prompt_init_text")
     token_ids = []
-    for task, method, text in zip(s.new_tasks, methods, texts, strict=True):
-        if method == "labels":
+    for task, count, method, text in zip(s.new_tasks, num_tokens, methods, texts, strict=True):
+        if count == 0:  # no virtual tokens (zero-shot, in-context): nothing to initialise
+            token_ids.append(None)
+        elif method == "labels":
             words = " ".join(s.label_sets.get(task, []))
             if not words:
                 raise ConfigError(

@@ -171,6 +171,8 @@ def test_zero_shot_run_without_virtual_tokens_or_steps(toy_data, tmp_path):
         **{"trainer.max_steps": 0, "inference.rank_classification": True},
     )
     assert "VIRTUAL" not in config.model.task_templates[0].prompt_template
+    # No virtual tokens need no init text (experiments/recipes' zero-shot arms have none).
+    config.model.prompt_tuning.new_prompt_init_text = ("",)
     run = ptlearn.train(config, tmp_path)
     assert run.final_step == 0 and run.trainable_parameters == 0
     # What the shipped config's "auto" numerics became on this machine is on the record.
