@@ -21,8 +21,6 @@ non-padding ones including virtual tokens, `text_tokens_per_s` the non-padding t
 from __future__ import annotations
 
 import dataclasses
-import os
-import platform
 import resource
 import statistics
 import time
@@ -38,6 +36,7 @@ from ptlearn import (
     config_checks,
     config_lib,
     encoding,
+    machine,
     sharding,
     train_setup,
     train_state,
@@ -136,7 +135,7 @@ def device_description() -> dict[str, Any]:
     return {
         "device": f"{device.platform}:{device.device_kind}",
         "device_count": jax.device_count(),
-        "host": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "host": machine.cpu_description(),
         "jax": jax.__version__,
     }
 

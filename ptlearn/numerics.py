@@ -16,28 +16,21 @@ accuracy, per kind of device (the shipped configs say auto; `trainer.precision=3
 
 from __future__ import annotations
 
-import functools
 import logging
-import pathlib
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 
-from ptlearn import config_lib
+from ptlearn import config_lib, machine
 
 AUTO = config_lib.AUTO
 logger = logging.getLogger(__name__)
 
 
-@functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (Linux's /proc/cpuinfo flags)."""
-    try:
-        words = set(pathlib.Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return False
-    return bool(words & {"avx512_bf16", "amx_bf16"})
+    return bool(machine.cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def resolve(

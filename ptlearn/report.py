@@ -1,17 +1,18 @@
 """Tables and plots of a sweep (or of one run): `python -m ptlearn.report W`.
 
 Writes into W:
-- `arms.csv`: one row per arm: its settings, status, steps, wall time, trainable parameters and
-  every final / best / test metric;
-- `results.csv` and `results.md`: one row per setting (the arms that differ only in their
-  seeds together): mean and standard deviation over the seeds of every metric, steps and wall
+- `arms.csv`: one row per arm: its settings, the machine it ran on (its run record's), status,
+  steps, wall time, trainable parameters and every final / best / test metric;
+- `results.csv` and `results.md`: one row per setting and machine (the arms that differ only
+  in their seeds together): mean and standard deviation over the seeds of every metric, steps and wall
   time, and how many seeds finished;
 - `plot_<axis>.png` for each swept axis with more than one value: that axis against the
   headline metrics, mean with standard-deviation error bars, one line per other setting;
 - `curves.png`: training loss and validation loss against the step, one line per arm.
 
 `--baselines=FILE.csv` adds rows measured elsewhere (a majority class, another library's runs)
-in arms.csv's columns: they enter the tables and the axis plots beside the sweep's arms.
+in arms.csv's columns: they enter the tables and the axis plots beside the sweep's arms, and
+their columns that are settings (not outcomes: OUTCOMES) join the table's keys.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ def arm_rows(workdir: pathlib.Path) -> tuple[list[dict[str, Any]], list[str]]:
             row["status"] = "finished"  # the sweep was stopped after this arm ended
         if row["status"] == "finished" and runs.is_finished(folder):
             run = runs.Run.from_workdir(folder)
+            machine = runs.read_json(folder / runs.RECORD_FILE).get("machine")
+            if machine:  # a setting's rows from two machines stay apart (their wall times)
+                row["machine"] = machine
             row.update(
                 stopped=run.stopped or "",
                 steps=run.final_step,
@@ -262,8 +266,9 @@ def write_report(
             swept = {r["arm"] for r in rows}
             arms.insert(0, "setting", [workdir.name if a in swept else a for a in arms["arm"]])
             axes = ["setting", *axes]
-        # Settings only the baselines vary (an earlier sweep's batch) keep their rows apart.
-        axes = [*axes, *(c for c in setting_columns(arms.columns) if c not in axes)]
+    # Settings no axis names (the machine; an earlier sweep's batch in the baselines) keep
+    # their rows apart.
+    axes = [*axes, *(c for c in setting_columns(arms.columns) if c not in axes)]
     for old in [*out.glob("plot_*.png"), out / "curves.png", out / "results.csv"]:
         old.unlink(missing_ok=True)  # the report's own outputs of an earlier state
     written = {"arms": str(out / "arms.csv")}
@@ -302,7 +307,7 @@ def write_report(
                 f"Rows not from this sweep (`{baselines}`): {_baseline_names(arms, rows)}.",
                 "",
             ]
-        swept = [a for a in axes if not _is_seed(a) and table[a].nunique() > 1]
+        swept = [a for a in axes if not _is_seed(a) and a != "machine" and table[a].nunique() > 1]
         for axis in swept if headline_metrics(table) else []:
             path = out / f"plot_{axis.replace('/', '_')}.png"
             plot_axis(table, axis, axes, path)

@@ -30,6 +30,7 @@ from ptlearn import (
     config_checks,
     distributed,
     files,
+    machine,
     masking,
     prompted,
     prompts,
@@ -172,6 +173,7 @@ def _train_and_evaluate(config, workdir_path, allow_config_change) -> runs.Run:
     s = setup(config)
     if s.numerics:  # the record keeps what "auto" became on these devices
         record["numerics"] = s.numerics
+    record["machine"] = machine.describe(list(s.mesh.devices.flat))  # beside its wall time
     if distributed.is_writer():
         runs.write_record(workdir_path, record, changed=bool(changed))
     trainer = config.trainer

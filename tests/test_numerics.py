@@ -5,13 +5,14 @@ import logging
 
 import pytest
 
-from ptlearn import config_lib, numerics
+from ptlearn import config_lib, machine, numerics
 from ptlearn.configs import common
 
 
 @dataclasses.dataclass
 class _Device:
     platform: str
+    device_kind: str = "cpu"
 
 
 def _auto_config():
@@ -59,3 +60,14 @@ def test_shipped_configs_use_auto():
 
 def test_this_machines_cpu_flags_are_read():
     assert isinstance(numerics.cpu_has_bf16(), bool)
+    assert numerics.cpu_has_bf16() == bool(machine.cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def test_the_machine_is_the_cpu_or_the_accelerators(monkeypatch):
+    monkeypatch.setattr(machine, "_cpuinfo", lambda: ("AMD EPYC", frozenset({"avx2", "fma"})))
+    monkeypatch.setattr(machine.os, "cpu_count", lambda: 2)
+    assert machine.describe([_Device("cpu")] * 8) == "AMD EPYC, 2 CPUs, avx2"
+    monkeypatch.setattr(machine, "_cpuinfo", lambda: ("", frozenset({"avx512f", "avx512_bf16"})))
+    assert machine.cpu_description() == "unknown CPU, 2 CPUs, avx512_bf16"
+    gpus = [_Device("gpu", "NVIDIA H200")] * 8
+    assert machine.describe(gpus) == "NVIDIA H200 x8"

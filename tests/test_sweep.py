@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from tiny_model import tiny_subprocess_env, write_tiny_data
 
-from ptlearn import hyper, report, sweep
+from ptlearn import hyper, machine, report, sweep
 from ptlearn.errors import ConfigError
 
 
@@ -110,6 +110,17 @@ def test_two_by_two_sweep_skips_finished_arms_and_reports(toy_data, tmp_path):
     keys = zip(merged["init"], merged["batch"].fillna(0), merged["seeds"], strict=True)
     seeds = {(i, b): n for i, b, n in keys}
     assert seeds == {("vocab", 4): 2, ("vocab", 0): 2, ("random", 0): 4}
+    # Each arm's machine is on the record; a setting's seeds from two machines stay apart.
+    assert set(pd.read_csv(tmp_path / "arms.csv")["machine"]) == {machine.cpu_description()}
+    moved = tmp_path / "init=vocab,seed=1" / "run_record.json"
+    moved.write_text(json.dumps({**json.loads(moved.read_text()), "machine": "another CPU"}))
+    report.write_report(tmp_path, tmp_path / "two_machines")
+    split = pd.read_csv(tmp_path / "two_machines" / "results.csv")
+    assert list(zip(split["init"], split["seeds"], strict=True)) == [
+        ("vocab", 1),
+        ("vocab", 1),
+        ("random", 2),
+    ]
     # Under another config every arm's workdir is refused, and no old result is reported.
     changed = _sweep(*args, "--config.model.optim.lr=0.5")
     assert changed.returncode == 1
