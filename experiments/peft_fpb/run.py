@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import pathlib
 import random
@@ -47,6 +48,15 @@ PTLEARN_ROWS = {
     "ptune-mlp": "p-tuning, MLP",
     "prefix-text": "deep prompts (prefix tuning), text init",
 }
+
+
+def machine_description() -> str:
+    """ptlearn.machine's line for this CPU (loaded by path: the peer venv lacks ptlearn's
+    dependencies, and the module needs none)."""
+    spec = importlib.util.spec_from_file_location("machine", REPO / "ptlearn" / "machine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.cpu_description()
 
 
 def read_split(path: pathlib.Path) -> list[tuple[str, str]]:
@@ -256,7 +266,8 @@ def write_table(results: pathlib.Path, out: pathlib.Path) -> None:
     groups: dict[tuple, list] = {}
     for run in runs:
         for point in run["train"]["test_at"]:
-            key = (run["method"], run["lr"], run["autocast"], point["mark_s"])
+            machine = run.get("machine", "not recorded")
+            key = (run["method"], run["lr"], run["autocast"], machine, point["mark_s"])
             groups.setdefault(key, []).append(point)
 
     def spread(values: list[float]) -> str:
@@ -271,14 +282,17 @@ def write_table(results: pathlib.Path, out: pathlib.Path) -> None:
         "Commands: `experiments/peft_fpb/run.py` (docstring); ptlearn's rows are the FPB recipe",
         "(configs/sentiment.py: `experiments/recipes`, and its step budgets at one seed:",
         "`experiments/fpb_recipe`) and `experiments/fpb_methods` (400 steps at lr 3e-3, 3 seeds).",
+        "Wall times compare only on one machine; rows whose machine is not recorded ran before",
+        "run records named it, on the AMD EPYC with AVX512-BF16 of the PEFT runs (session notes).",
         "",
-        "| system, method | wall time (training) | test accuracy, greedy | by rank | seeds |",
-        "|---|---|---|---|---|",
+        "| system, method | machine | wall time (training) | test accuracy, greedy | by rank "
+        "| seeds |",
+        "|---|---|---|---|---|---|",
     ]
-    for (method, lr, autocast, mark), points in sorted(groups.items()):
+    for (method, lr, autocast, machine, mark), points in sorted(groups.items()):
         precision = "bf16 autocast" if autocast else "float32"
         lines.append(
-            f"| PEFT {method}, lr {lr:g} ({precision}) | {mark / 60:.1f} min "
+            f"| PEFT {method}, lr {lr:g} ({precision}) | {machine} | {mark / 60:.1f} min "
             f"| {spread([p['acc_greedy'] for p in points])} "
             f"| {spread([p['acc_rank'] for p in points])} | {len(points)} |"
         )
@@ -303,14 +317,18 @@ def write_table(results: pathlib.Path, out: pathlib.Path) -> None:
         if row["method"] in BASELINE_ROWS:
             accuracy = 100 * float(row["test/test_sentiment/accuracy_mean"])
             lines.append(
-                f"| baseline: {BASELINE_ROWS[row['method']]} | - | {accuracy:.1f}% | - | 1 |"
+                f"| baseline: {BASELINE_ROWS[row['method']]} | - | - | {accuracy:.1f}% | - | 1 |"
             )
     for name, row in ptlearn:
         accuracy = 100 * float(row["test/test_sentiment/accuracy_mean"])
         std = row["test/test_sentiment/accuracy_std"]  # empty with one seed
         shown = f"{accuracy:.1f} ± {100 * float(std):.1f}%" if std else f"{accuracy:.1f}%"
+        machine = row.get("machine") or "not recorded"
+        # "auto" numerics: float32 on a CPU without bf16 hardware (ptlearn/numerics.py).
+        precision = "float32" if machine.endswith(("avx2", "avx512f", "no avx2")) else "bf16"
         lines.append(
-            f"| ptlearn {name} (bf16) | {float(row['wall_time_min_mean']):.1f} min (whole run) "
+            f"| ptlearn {name} ({precision}) | {machine} "
+            f"| {float(row['wall_time_min_mean']):.1f} min (whole run) "
             f"| {shown} | - | {row['seeds']} |"
         )
     out.write_text("\n".join(lines) + "\n")
@@ -354,6 +372,7 @@ def main() -> None:
         "budget_s": args.budget_s,
         "data": {"train": len(train), "val": len(val), "test": len(test)},
         "torch": torch.__version__,
+        "machine": machine_description(),
         "train": peer.train(train, val, test, args),
     }
     print(json.dumps(record), flush=True)
