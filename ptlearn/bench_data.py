@@ -15,6 +15,7 @@ import numpy as np
 from ptlearn import distributed, sharding, train_state, training
 from ptlearn.bench import (
     DTYPES,
+    REMAT,
     TIME_KEYS,
     Options,
     encoder_text,
@@ -65,6 +66,8 @@ def bench_data(args: Options) -> dict[str, Any]:
         sched = m.optim.sched
         config.trainer.max_steps = sched.warmup_steps + sched.constant_steps + 4 * args.steps
     config.model.frozen_weights_dtype = args.frozen_dtype
+    # As --dtype: the flag, not the config's auto, so the JSON line's "remat" is what ran.
+    config.model.activations_checkpoint_granularity = REMAT[args.remat]
     s = training.setup(config)
     load_peak = peak_rss_mb()
     state, frozen, tx, _ = train_state.init_state(s, config.trainer.max_steps)

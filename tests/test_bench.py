@@ -155,6 +155,29 @@ def test_real_data_bucketed_and_padded(tiny, tmp_path):
     assert result["compile_s"] >= 0 and result["median_s_per_step_padded_to_seq"] > 0
 
 
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_real_data_runs_the_remat_it_reports(tiny, tmp_path, monkeypatch, remat):
+    # The config's "auto" used to win over --remat in this mode, so the line said "none"
+    # for runs that recomputed every block.
+    from ptlearn import training
+
+    model, data = tiny
+    config = tmp_path / "tiny_cfg.py"
+    config.write_text(
+        CONFIG.format(train=str(data["train"]), val=str(data["val"]), model=str(model))
+    )
+    seen = []
+    setup = training.setup
+    monkeypatch.setattr(
+        training,
+        "setup",
+        lambda c: seen.append(c.model.activations_checkpoint_granularity) or setup(c),
+    )
+    argv = [f"--data={data['train']}", f"--config={config}:prompt-tuning", f"--remat={remat}"]
+    result = run([*argv, "--steps=1", "--batch=2", "--seq=32"])
+    assert result["remat"] == remat and seen == [bench.REMAT[remat]]
+
+
 def test_pad_time_axis_matches_collate():
     examples = bench.synthetic_examples(3, 7, 2, 50, 3, seed=1)
     short = batching.collate(examples, {bench.TASK: 0}, batch_size=4, max_length=64, pad_id=5)
