@@ -14,8 +14,8 @@ accuracy, per kind of device (the shipped configs say auto; `trainer.precision=3
   EPYC (experiments/results/remat_cpu_check.jsonl, median s/step full vs none) stored
   activations gain 13% on intent_slot's short rows (4.49 vs 3.92) and nothing on squad's
   long ones (10.84 vs 10.05; 55.7 vs 55.0 s in all), whose stored activations grow with the
-  row length: full stays. None on accelerators, which have the memory bandwidth the stored activations need
-  (experiments/gpu_check.sh times both).
+  row length: full stays. None on accelerators, which have the memory bandwidth the stored
+  activations need (experiments/gpu_check.sh times both).
 """
 
 from __future__ import annotations
