@@ -70,12 +70,13 @@ def get_hyper(h):
     # share one); at the chosen rate (3e-2: validation 97.9% against 95.3 / 92.1%) one setting
     # at a time: batch 4 and 16, a constant schedule, the wordings "labelled" and "question",
     # 30 virtual tokens, and 100 and 200 steps (the accuracy after 2 to 4 minutes, beside
-    # PEFT's). Now seeds 1 and 2 of the short budgets, so the PEFT table has 3 seeds of each.
+    # PEFT's). Then seeds 1 and 2 of the short budgets, so the PEFT table has 3 seeds of each:
+    # 100 steps' ran (on an AVX2-only CPU, in earlier_arms.csv too); 200 steps' are left.
     return h.product(
         [
             h.fixed("lr", 3e-2),
             h.fixed("virtual", 10),
-            h.sweep("steps", [100, 200]),
+            h.fixed("steps", 200),
             h.sweep("seed", [1, 2]),
         ]
     )
