@@ -16,19 +16,16 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import time
 
-import jax
-
-from ptlearn import config_lib, machine, sharding, train_state, training
+from ptlearn import bench_data, config_lib, machine, sharding, train_state, training
 from ptlearn.bench import peak_rss_mb
 
 VARIANTS = {"full": "full", "none": ""}  # name -> model.activations_checkpoint_granularity
 
 
 def variant(config_name: str, remat: str) -> dict:
-    """The config's training setup in float32 with `remat`: its state, frozen weights,
-    jitted step and batches."""
+    """The config's training setup in float32 with `remat`: its state holder, frozen weights,
+    jitted step, batches and a bench_data.timed_data_step record."""
     c = config_lib.load_config(config_name)
     with c.unlocked():
         c.trainer.precision = "32"
@@ -39,28 +36,38 @@ def variant(config_name: str, remat: str) -> dict:
     state, frozen, tx, _ = train_state.init_state(s, c.trainer.max_steps)
     with sharding.activate(s.mesh, s.rules):
         step = training.make_train_step(s, tx)
-    return dict(s=s, state=state, frozen=frozen, step=step, batches=training.Batches(s))
+    return dict(
+        s=s,
+        holder={"state": state},
+        frozen=frozen,
+        step=step,
+        batches=training.Batches(s),
+        record={"times": [], "shapes": set(), "real": 0.0, "padded": 0.0},
+    )
 
 
-def timed_step(v: dict, position: tuple[int, int]) -> tuple[float, tuple[int, ...]]:
-    """(seconds, ids shape) of one train step of variant `v` on the batch at `position`."""
-    batch = v["batches"].get(*position)
-    start = time.perf_counter()
+def run_step(v: dict, position: tuple[int, int]) -> None:
+    """One timed train step of variant `v` on the batch at `position`, into its record."""
     with sharding.activate(v["s"].mesh, v["s"].rules):
-        v["state"], stats = v["step"](v["state"], v["frozen"], batch)
-        jax.block_until_ready((v["state"], stats))
-    return time.perf_counter() - start, tuple(batch["ids"].shape)
+        bench_data.timed_data_step(
+            v["step"], v["holder"], v["frozen"], v["batches"].get, position, v["record"]
+        )
 
 
 def main(config_name: str, steps: int) -> dict:
     variants = {name: variant(config_name, remat) for name, remat in VARIANTS.items()}
     per_epoch = variants["full"]["batches"].per_epoch
     positions = [divmod(i, per_epoch) for i in range(steps)]
-    shapes = {timed_step(v, p)[1] for v in variants.values() for p in positions}  # compiles
-    times = {name: [] for name in variants}
+    for v in variants.values():  # the warm-up pass compiles every shape
+        for p in positions:
+            run_step(v, p)
+    shapes = variants["full"]["record"]["shapes"]
+    for v in variants.values():
+        v["record"]["times"].clear()
     for p in positions:  # alternating, so drifting machine load hits both alike
-        for name, v in variants.items():
-            times[name].append(timed_step(v, p)[0])
+        for v in variants.values():
+            run_step(v, p)
+    times = {name: v["record"]["times"] for name, v in variants.items()}
     return {
         "config": config_name,
         "machine": machine.cpu_description(),

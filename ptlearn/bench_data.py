@@ -36,8 +36,9 @@ def pad_time_axis(batch: dict[str, np.ndarray], length: int, pad_id: int) -> dic
     return out
 
 
-def _data_step(train_step, holder, frozen, fetch, position, record) -> None:
-    """One step at `position` (epoch, index), its batch fetched inside the timed region."""
+def timed_data_step(train_step, holder, frozen, fetch, position, record) -> None:
+    """One step at `position` (epoch, index), its batch fetched inside the timed region:
+    holder["state"] advances; record's "times", "shapes", "real" and "padded" grow."""
     start = time.perf_counter()
     batch = fetch(*position)
     holder["state"], stats = train_step(holder["state"], frozen, batch)
@@ -91,11 +92,11 @@ def bench_data(args: Options) -> dict[str, Any]:
         train_step = training.make_train_step(s, tx)
         for name, fetch in fetchers.items():  # the warm-up passes compile every shape
             for position in positions:
-                _data_step(train_step, holder, frozen, fetch, position, passes[name][0])
+                timed_data_step(train_step, holder, frozen, fetch, position, passes[name][0])
         # Timed steps alternate the variants, so drifting machine load hits both alike.
         for position in positions:
             for name, fetch in fetchers.items():
-                _data_step(train_step, holder, frozen, fetch, position, passes[name][1])
+                timed_data_step(train_step, holder, frozen, fetch, position, passes[name][1])
     result = header(args, "data", str(m.language_model_path))
     result["virtual_tokens"] = max(t.total_virtual_tokens for t in s.templates.values())
     result.update(

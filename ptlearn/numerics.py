@@ -11,10 +11,10 @@ accuracy, per kind of device (the shipped configs say auto; `trainer.precision=3
 - `model.activations_checkpoint_granularity=auto`: "full" on CPU, where recomputing each block
   in the backward is faster than keeping its activations (1.17-1.30 s against 1.45-1.51 s per
   step, and 1.3 against 2.65 GB, experiments/bench_vs_peft.md). In float32 on an AVX2-only
-  EPYC (experiments/results/remat_cpu_check.jsonl, median s/step full vs none) stored
-  activations gain 13% on intent_slot's short rows (4.49 vs 3.92) and nothing on squad's
-  long ones (10.84 vs 10.05; 55.7 vs 55.0 s in all), whose stored activations grow with the
-  row length: full stays. None on accelerators, which have the memory bandwidth the stored
+  EPYC (experiments/results/remat_cpu_check.jsonl, median s/step full vs none) none gains
+  13% on intent_slot's short rows (4.49 vs 3.92) and nothing on squad's long ones (10.84 vs
+  10.05; 55.7 vs 55.0 s in all), where its stored activations grow with the row length:
+  full stays. None on accelerators, which have the memory bandwidth the stored
   activations need (experiments/gpu_check.sh times both).
 """
 

@@ -135,13 +135,19 @@ def get_config(arg=None):
 """
 
 
-def test_real_data_bucketed_and_padded(tiny, tmp_path):
+@pytest.fixture
+def data_argv(tiny, tmp_path):
+    """--data / --config flags for the tiny model's train split with prompt tuning."""
     model, data = tiny
     config = tmp_path / "tiny_cfg.py"
     config.write_text(
         CONFIG.format(train=str(data["train"]), val=str(data["val"]), model=str(model))
     )
-    argv = [f"--data={data['train']}", f"--config={config}:prompt-tuning"]
+    return [f"--data={data['train']}", f"--config={config}:prompt-tuning"]
+
+
+def test_real_data_bucketed_and_padded(data_argv):
+    argv = data_argv
     result = run([*argv, "--steps=3", "--batch=4", "--seq=64"])
     assert result["mode"] == "data" and result["style"] == "prompt-tuning"
     assert result["virtual_tokens"] == 4 and result["batch"] == 4
@@ -156,16 +162,11 @@ def test_real_data_bucketed_and_padded(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("remat", ["none", "full"])
-def test_real_data_runs_the_remat_it_reports(tiny, tmp_path, monkeypatch, remat):
+def test_real_data_runs_the_remat_it_reports(data_argv, monkeypatch, remat):
     # The config's "auto" used to win over --remat in this mode, so the line said "none"
     # for runs that recomputed every block.
     from ptlearn import training
 
-    model, data = tiny
-    config = tmp_path / "tiny_cfg.py"
-    config.write_text(
-        CONFIG.format(train=str(data["train"]), val=str(data["val"]), model=str(model))
-    )
     seen = []
     setup = training.setup
     monkeypatch.setattr(
@@ -173,8 +174,7 @@ def test_real_data_runs_the_remat_it_reports(tiny, tmp_path, monkeypatch, remat)
         "setup",
         lambda c: seen.append(c.model.activations_checkpoint_granularity) or setup(c),
     )
-    argv = [f"--data={data['train']}", f"--config={config}:prompt-tuning", f"--remat={remat}"]
-    result = run([*argv, "--steps=1", "--batch=2", "--seq=32"])
+    result = run([*data_argv, f"--remat={remat}", "--steps=1", "--batch=2", "--seq=32"])
     assert result["remat"] == remat and seen == [bench.REMAT[remat]]
 
 
