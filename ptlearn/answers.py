@@ -1,21 +1,25 @@
 """An encoded example's answer, from a PromptedLM: decoded (generation, each task's virtual
 prefix served from its KV cache) or chosen from the task's closed label set (rank
-classification: the label whose answer tokens have the lowest total NLL)."""
+classification: the label whose answer tokens have the lowest total NLL, each record's prompt
+run once into a KV cache that every label's answer continues)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ptlearn import distributed, encoding, prefix_caches, prompted
 from ptlearn.data import batching
 from ptlearn.errors import PtlearnError
-from ptlearn.generate import Sampling, decode, gather_rows
-from ptlearn.gpt import GPT
+from ptlearn.generate import Sampling, after_prefix, decode, gather_rows, prefix_cache
+from ptlearn.gpt import GPT, cache_length
+from ptlearn.losses import token_nll
 
 if TYPE_CHECKING:
     from ptlearn.predict import PromptedLM
@@ -123,6 +127,49 @@ def _sequence_nll(config, lm_params, tables, batch):
     return jnp.sum(nll, axis=1)
 
 
+@functools.partial(jax.jit, static_argnames=("config",))
+def _prompt_cache(config, lm_params, tables, batch):
+    inputs = prompted.prompted_inputs(
+        GPT(config), lm_params, tables, batch["ids"], batch["task_id"], batch["virtual_index"]
+    )
+    lengths = jnp.sum(batch["attention_mask"], axis=1).astype(jnp.int32)
+    return prefix_cache(
+        {"params": lm_params},
+        inputs["embeddings"],
+        lengths,
+        inputs.get("kv_override"),
+        inputs.get("kv_index"),
+        config=config,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _continuation_nll(config, lm_params, prompt_caches, prompt_lengths, rows, batch):
+    """Total answer NLL [B] of continuations batch (right-padded, no virtual slots), row b
+    continuing prompt rows[b] of prompt_caches ([.., R, P, K, D], prompt_lengths [R] real)."""
+    model = GPT(config)
+    lengths = prompt_lengths[rows]
+    cache, key_mask = after_prefix(
+        config, gather_rows(prompt_caches, rows), lengths, batch["attention_mask"]
+    )
+    hidden, _ = model.apply(
+        {"params": lm_params},
+        batch["ids"],
+        positions=batch["positions"] + lengths[:, None],
+        attention_mask=key_mask,
+        cache=cache,
+        cache_index=cache_length(prompt_caches),
+        return_hidden=True,
+    )
+    source = jnp.take_along_axis(hidden, (batch["target_index"] - 1)[..., None], axis=1)
+    logits = model.apply({"params": lm_params}, source, method=GPT.logits)
+    targets = jnp.take_along_axis(batch["ids"], batch["target_index"], axis=1)
+    return jnp.sum(token_nll(logits, targets) * batch["target_mask"], axis=1)
+
+
+Candidate = tuple[int, str, encoding.EncodedExample]  # (record, label, its encoded example)
+
+
 def rank_answers(
     lm: PromptedLM,
     records: Sequence[tuple[int, Mapping[str, Any]]],
@@ -130,9 +177,52 @@ def rank_answers(
     *,
     batch_size: int,
 ) -> list[str]:
-    """For each record, the label of its task whose answer tokens have the lowest total NLL."""
-    pad_id = lm.tokenizer.fill_id
-    candidates: list[tuple[int, str, encoding.EncodedExample]] = []
+    """For each record, the label of its task whose answer tokens have the lowest total NLL
+    ("" when no label's example fits max_seq_length)."""
+    scores = label_nlls(lm, records, label_sets, batch_size=batch_size)
+    return [min(s, key=s.__getitem__) if s else "" for s in scores]
+
+
+def label_nlls(
+    lm: PromptedLM,
+    records: Sequence[tuple[int, Mapping[str, Any]]],
+    label_sets: Mapping[str, Sequence[str]],
+    *,
+    batch_size: int,
+    share_prompts: bool = True,
+) -> list[dict[str, float]]:
+    """Per record, {label: total NLL of its answer tokens} over its task's closed label set
+    (a label whose example cannot fit max_seq_length is left out).
+
+    With share_prompts, a record whose labels share its prompt (the usual case) runs the
+    prompt once into a KV cache and each label's answer on it: for short labels about
+    1 / (number of labels) of running every label's whole example, which is what the other
+    records (prompt cut differently per label, a virtual token after the answer) and
+    share_prompts=False do.
+    """
+    by_record = _candidates(lm, records, label_sets)
+    whole: list[Candidate] = []
+    shared: list[tuple[int, list[Candidate]]] = []
+    for candidates in by_record:
+        split = _prompt_split(candidates) if share_prompts else 0
+        if split:
+            shared.append((split, candidates))
+        else:
+            whole.extend(candidates)
+    scores: list[dict[str, float]] = [{} for _ in records]
+    _score_whole(lm, whole, batch_size, scores)
+    _score_shared(lm, shared, batch_size, scores)
+    return scores
+
+
+def _candidates(
+    lm: PromptedLM,
+    records: Sequence[tuple[int, Mapping[str, Any]]],
+    label_sets: Mapping[str, Sequence[str]],
+) -> list[list[Candidate]]:
+    """Each record filled with each label of its task, encoded; only answer tokens count (a
+    prompt cut shorter for a longer label must not lower that label's total)."""
+    by_record = []
     for index, (line_no, record) in enumerate(records):
         task = record["taskname"]
         template = lm.templates[task]
@@ -142,11 +232,11 @@ def rank_answers(
                 f"task {task!r} has no closed label set in the prompt model: rank "
                 "classification needs one; use generation (inference.rank_classification=False)"
             )
+        candidates = []
         for label in labels:
-            filled = {**record, template.answer_field: label}
             encoded = encoding.encode_example(
                 template,
-                filled,
+                {**record, template.answer_field: label},
                 lm.tokenizer,
                 max_seq_length=lm.max_seq_length,
                 add_eos=lm.add_eos,
@@ -155,19 +245,112 @@ def rank_answers(
                 line_no=line_no,
             )
             if encoded is not None:
-                candidates.append((index, label, encoded))
-    scores: dict[int, list[tuple[float, str]]] = {}
-    candidates.sort(key=lambda c: len(c[2].ids))
-    for start in range(0, len(candidates), batch_size):
-        chunk = candidates[start : start + batch_size]
+                answer_only = encoded.loss_mask.copy()
+                answer_only[: encoded.answer_start] = 0
+                candidates.append(
+                    (index, label, dataclasses.replace(encoded, loss_mask=answer_only))
+                )
+        by_record.append(candidates)
+    return by_record
+
+
+def _prompt_split(candidates: Sequence[Candidate]) -> int:
+    """Where a record's label examples can be cut into a shared prompt and per-label
+    continuations: one before the first answer token (the last prompt token's hidden state
+    predicts it), when every label has the same prompt and no virtual token follows; else 0."""
+    if not candidates:
+        return 0
+    first = candidates[0][2]
+    start = first.answer_start
+    if start < 2:
+        return 0
+    for _, _, e in candidates:
+        if (
+            e.answer_start != start
+            or not np.array_equal(e.ids[:start], first.ids[:start])
+            or not np.array_equal(e.virtual_index[:start], first.virtual_index[:start])
+            or (e.virtual_index[start - 1 :] >= 0).any()
+        ):
+            return 0
+    return start - 1
+
+
+def _cut(e: encoding.EncodedExample, start: int, stop: int | None) -> encoding.EncodedExample:
+    return dataclasses.replace(
+        e,
+        ids=e.ids[start:stop],
+        virtual_index=e.virtual_index[start:stop],
+        loss_mask=e.loss_mask[start:stop],
+        answer_start=max(e.answer_start - start, 0),
+    )
+
+
+def _score_whole(
+    lm: PromptedLM, candidates: list[Candidate], batch_size: int, scores: list[dict]
+) -> None:
+    """Each candidate's whole example run through the model, batched by length."""
+    candidates = sorted(candidates, key=lambda c: len(c[2].ids))
+    lengths = [len(c[2].ids) for c in candidates]
+    for part, rows in batching.length_chunks(lengths, batch_size, lm.max_seq_length):
+        chunk = candidates[part]
         batch = batching.collate(
             [c[2] for c in chunk],
             lm.task_index,
-            batch_size=batch_size,
+            batch_size=rows,
             max_length=lm.max_seq_length,
-            pad_id=pad_id,
+            pad_id=lm.tokenizer.fill_id,
         )
         totals = distributed.to_host(_sequence_nll(lm.config, lm.lm_params, lm.tables, batch))
         for (index, label, _), total in zip(chunk, totals, strict=False):
-            scores.setdefault(index, []).append((float(total), label))
-    return [min(scores[i])[1] if i in scores else "" for i in range(len(records))]
+            scores[index][label] = float(total)
+
+
+def _score_shared(
+    lm: PromptedLM,
+    records: list[tuple[int, list[Candidate]]],
+    batch_size: int,
+    scores: list[dict],
+) -> None:
+    """Per length chunk of records (split, candidates): their prompts' KV caches in one
+    forward, then every label's continuation (the last prompt token and the answer) on them."""
+    pad_id = lm.tokenizer.fill_id
+    records = sorted(records, key=lambda r: r[0])
+    splits = [r[0] for r in records]
+    for part, prompt_rows in batching.length_chunks(splits, batch_size, lm.max_seq_length):
+        chunk = records[part]
+        prompts = batching.collate(
+            [_cut(candidates[0][2], 0, split) for split, candidates in chunk],
+            lm.task_index,
+            batch_size=prompt_rows,
+            max_length=lm.max_seq_length,
+            pad_id=pad_id,
+        )
+        caches = _prompt_cache(lm.config, lm.lm_params, lm.tables, prompts)
+        lengths = jnp.asarray(prompts["attention_mask"].sum(axis=1), jnp.int32)
+        continuations = [
+            (row, index, label, _cut(e, split, None))
+            for row, (split, candidates) in enumerate(chunk)
+            for index, label, e in candidates
+        ]
+        # Answers are a few tokens: pad to a power of two, not to training's multiple of 16.
+        longest = max(len(c[3].ids) for c in continuations)
+        length = max(4, 1 << (longest - 1).bit_length())
+        most = max(int(np.count_nonzero(c[3].loss_mask)) for c in continuations)
+        for first in range(0, len(continuations), batch_size):
+            piece = continuations[first : first + batch_size]
+            batch = batching.collate(
+                [c[3] for c in piece],
+                lm.task_index,
+                batch_size=batch_size,
+                max_length=length,
+                pad_id=pad_id,
+                length=length,
+                num_targets=min(length, max(most, 1)),
+            )
+            cache_rows = np.zeros(batch_size, np.int32)
+            cache_rows[: len(piece)] = [c[0] for c in piece]
+            totals = distributed.to_host(
+                _continuation_nll(lm.config, lm.lm_params, caches, lengths, cache_rows, batch)
+            )
+            for (_, index, label, _), total in zip(piece, totals, strict=False):
+                scores[index][label] = float(total)

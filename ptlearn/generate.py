@@ -86,16 +86,13 @@ def decode(
     batch, prompt_len = ids.shape
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
     key_mask = jnp.concatenate([prompt_mask, jnp.ones((batch, tokens_to_generate), bool)], 1)
-    cache = init_cache(config, batch, prompt_len + tokens_to_generate)
     start = 0
     if prefix_cache is not None:
         start = cache_length(prefix_cache)
         positions = positions + prefix_lengths[:, None]
-        prefix_mask = jnp.arange(start)[None, :] < prefix_lengths[:, None]
-        key_mask = jnp.concatenate([prefix_mask, key_mask], 1)
-        cache = jax.tree.map(
-            lambda p, c: jnp.concatenate([p.astype(c.dtype), c], axis=-3), prefix_cache, cache
-        )
+        cache, key_mask = after_prefix(config, prefix_cache, prefix_lengths, key_mask)
+    else:
+        cache = init_cache(config, batch, prompt_len + tokens_to_generate)
     inputs = {"embeddings": embeddings} if embeddings is not None else {"ids": ids}
     hidden, cache = model.apply(
         params,
@@ -174,6 +171,26 @@ def prefix_cache(
         return_hidden=True,
     )
     return cache
+
+
+def after_prefix(
+    config: GPTConfig, prefix: Cache, prefix_lengths: jax.Array, key_mask: jax.Array
+) -> tuple[Cache, jax.Array]:
+    """The cache and key mask for tokens that continue each row's prefix.
+
+    prefix: [.., B, P, K, D], row b's first prefix_lengths[b] (int32 [B]) slots real;
+    key_mask: [B, S] bool, which of the S fresh slots after it will hold real tokens.
+    Returns (cache [.., B, P + S, K, D], the new slots empty; key mask [B, P + S]); the
+    continuation's first token goes to slot P, at position prefix_lengths[b].
+    """
+    batch, fresh = key_mask.shape
+    prefix_mask = jnp.arange(cache_length(prefix))[None, :] < prefix_lengths[:, None]
+    cache = jax.tree.map(
+        lambda p, c: jnp.concatenate([p.astype(c.dtype), c], axis=-3),
+        prefix,
+        init_cache(config, batch, fresh),
+    )
+    return cache, jnp.concatenate([prefix_mask, key_mask], 1)
 
 
 @jax.jit

@@ -105,3 +105,18 @@ def test_bad_train_task_weights_name_the_key(two_tasks):
         config.model.data.train_ds = config.model.data.train_ds[:1]  # no echo examples
     with pytest.raises(DataError, match="task 'echo' weight 1 but model.data.train_ds"):
         training.Batches(training.setup(config))
+
+
+def test_length_chunks_cover_sorted_items_and_split_a_long_tail():
+    lengths = sorted([20] * 40 + [40] * 20 + [200, 300])
+    chunks = batching.length_chunks(lengths, 16, 512)
+    covered = [i for part, _ in chunks for i in range(len(lengths))[part]]
+    assert covered == list(range(len(lengths)))
+    budget = 16 * batching.bucket_length(20, 512)  # 16 rows at the median's bucket
+    for part, rows in chunks:
+        items = lengths[part]
+        assert rows in (1, 2, 4, 8, 16) and 0 < len(items) <= rows
+        assert rows == 1 or rows * batching.bucket_length(max(items), 512) <= budget
+    assert chunks[0][1] == 16  # short rows keep the full batch
+    assert [rows for part, rows in chunks if 300 in lengths[part]] == [1]
+    assert batching.length_chunks([], 16, 512) == []

@@ -6,9 +6,19 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from tiny_model import sharp_attention
+from tiny_model import sharp_attention, tiny_config, write_tiny_data, write_tiny_model
 
-from ptlearn import answers, config_lib, deep_prompts, gpt, predict, prefix_caches, serving
+from ptlearn import (
+    answers,
+    config_lib,
+    deep_prompts,
+    evaluation,
+    gpt,
+    predict,
+    prefix_caches,
+    serving,
+    training,
+)
 from ptlearn.encoding import VIRTUAL_FILL_ID, EncodedExample
 
 
@@ -94,3 +104,68 @@ def test_answers_with_prefix_caches_equal_the_whole_prompt(monkeypatch, scan_lay
     whole = answers.generate_answers(dataclasses.replace(lm, prefix_caches={}), examples, inference)
     assert cached == whole
     assert all(len(a.split()) == 6 for a in cached)
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    """The tiny model's training Setup with two tasks: the prompt in front, and a virtual group
+    after a truncatable field with literal text after the answer."""
+    root = tmp_path_factory.mktemp("tiny_rank")
+    config = tiny_config(write_tiny_model(root / "model"), write_tiny_data(root / "data"))
+    config.model.new_tasks = ("sentiment", "after")
+    config.model.task_templates = (
+        *config.model.task_templates,
+        config_lib.task_template(
+            "after",
+            "{sentence} <|VIRTUAL_PROMPT_0|> so: {label}.",
+            total_virtual_tokens=2,
+            virtual_token_splits=(2,),
+            answer_field="label",
+            truncate_field="sentence",
+        ),
+    )
+    config.model.max_seq_length = 32
+    return training.setup(config)
+
+
+@pytest.mark.parametrize("layout", ["scanned", "unrolled"])
+@pytest.mark.parametrize("deep", [False, True], ids=["input-prompts", "deep-prompts"])
+def test_rank_scores_on_a_shared_prompt_cache_equal_whole_examples(tiny_setup, deep, layout):
+    s = tiny_setup
+    config, params = s.model.config, sharp_attention(s.loaded.params)
+    if layout == "unrolled":
+        config, params = serving.unstack_layers(config, params)
+    row = deep_prompts.row_shape(config) if deep else (config.hidden_size,)
+    rng = np.random.default_rng(0)
+    tables = {t: rng.normal(0, 1, (4, *row)).astype(np.float32) for t in s.task_names}
+    lm = dataclasses.replace(evaluation.prompted_lm(s, params, tables), config=config)
+    label_sets = {"sentiment": ["negative", "neutral", "positive"], "after": ["no", "yes sir"]}
+    long_sentence = " ".join(["word"] * 40)  # cut to fit, by more for the longer label
+    records = [
+        (i + 1, {"taskname": task, "sentence": sentence})
+        for i, (task, sentence) in enumerate(
+            [
+                ("sentiment", "the film was fine"),
+                ("after", "it rained all day"),
+                ("sentiment", "bad"),
+                ("after", long_sentence),
+                ("after", "ok"),
+                ("sentiment", "a long and winding sentence about nothing at all"),  # no fit
+            ]
+        )
+    ]
+    candidates = answers._candidates(lm, records, label_sets)
+    shared = [bool(answers._prompt_split(c)) for c in candidates]
+    # Record 4's prompt is cut differently per label; record 6 fits with no label.
+    assert shared == [True, True, True, False, True, False]
+    cached = answers.label_nlls(lm, records, label_sets, batch_size=2)
+    whole = answers.label_nlls(lm, records, label_sets, batch_size=2, share_prompts=False)
+    assert [sorted(c) for c in cached[:5]] == [
+        sorted(label_sets[r["taskname"]]) for _, r in records[:5]
+    ]
+    assert cached[5] == {} == whole[5]
+    for a, b in zip(cached, whole, strict=True):
+        np.testing.assert_allclose([a[k] for k in sorted(a)], [b[k] for k in sorted(a)], rtol=1e-5)
+    assert len({round(v, 3) for v in cached[0].values()}) == 3  # labels really score apart
+    ranked = answers.rank_answers(lm, records, label_sets, batch_size=2)
+    assert ranked == [min(c, key=c.get) for c in whole[:5]] + [""]

@@ -24,6 +24,30 @@ def bucket_length(length: int, max_length: int) -> int:
     return min(-(-length // step) * step, max_length)
 
 
+def length_chunks(
+    lengths: Sequence[int], batch_size: int, max_length: int
+) -> list[tuple[slice, int]]:
+    """Batches over items sorted by length (ascending `lengths`), for scoring: a batch has
+    batch_size rows, halved (to a power-of-two fraction) while its padded tokens, rows x the
+    bucket of its longest, exceed batch_size rows of the median length's bucket. A long tail
+    then is not padded alongside short rows, and each length bucket keeps one or two row
+    counts (few compiled shapes). Returns (slice into the sorted items, rows to collate it
+    to), in order."""
+    budget = batch_size * bucket_length(int(np.median(lengths)), max_length) if lengths else 0
+    chunks, start = [], 0
+    while start < len(lengths):
+        rows = batch_size
+        while (
+            rows > 1
+            and rows * bucket_length(lengths[min(start + rows, len(lengths)) - 1], max_length)
+            > budget
+        ):
+            rows //= 2
+        chunks.append((slice(start, start + rows), rows))
+        start += rows
+    return chunks
+
+
 def mixture_pool(
     task_of: Sequence[int], weights: Sequence[float], *, seed: int, epoch: int
 ) -> np.ndarray:
