@@ -1,6 +1,8 @@
 """Serving: the per-task virtual-prompt prefix is computed once and decodes like the whole prompt."""
 
 import dataclasses
+import importlib.util
+import pathlib
 
 import flax.linen as nn
 import jax
@@ -19,6 +21,7 @@ from ptlearn import (
     serving,
     training,
 )
+from ptlearn.data.jsonl import read_jsonl
 from ptlearn.encoding import VIRTUAL_FILL_ID, EncodedExample
 
 
@@ -169,3 +172,23 @@ def test_rank_scores_on_a_shared_prompt_cache_equal_whole_examples(tiny_setup, d
     assert len({round(v, 3) for v in cached[0].values()}) == 3  # labels really score apart
     ranked = answers.rank_answers(lm, records, label_sets, batch_size=2)
     assert ranked == [min(c, key=c.get) for c in whole[:5]] + [""]
+
+
+def test_experiments_rank_cache_check_runs_on_the_tiny_model(tmp_path):
+    """experiments/rank_cache_check.py's measurement, on the tiny model's config."""
+    model, data = write_tiny_model(tmp_path / "model"), write_tiny_data(tmp_path / "data")
+    config = tmp_path / "tiny_rank_config.py"
+    config.write_text(
+        f"import sys\nsys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})\n"
+        "import pathlib\nfrom tiny_model import tiny_config\n\n\ndef get_config(arg=None):\n"
+        f"    data = {{k: pathlib.Path(v) for k, v in { ({k: str(v) for k, v in data.items()})!r}.items()}}\n"
+        f"    return tiny_config(pathlib.Path({str(model)!r}), data)\n"
+    )
+    script = pathlib.Path(__file__).parents[1] / "experiments" / "rank_cache_check.py"
+    spec = importlib.util.spec_from_file_location("rank_cache_check", script)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    result = check.main(str(config), 1)
+    assert result["records"] == len(read_jsonl(data["val"])) == result["same_ranked_label"]
+    assert result["labels"] == {"sentiment": 3} and result["max_abs_nll_gap"] < 1e-3
+    assert result["shared_prompt_median_s"] > 0 and result["whole_examples_median_s"] > 0
