@@ -17,9 +17,8 @@ import numpy as np
 from ptlearn import distributed, encoding, prefix_caches, prompted
 from ptlearn.data import batching
 from ptlearn.errors import PtlearnError
-from ptlearn.generate import Sampling, after_prefix, decode, gather_rows, prefix_cache
+from ptlearn.generate import Sampling, after_prefix, decode, gather_rows
 from ptlearn.gpt import GPT, cache_length
-from ptlearn.losses import token_nll
 
 if TYPE_CHECKING:
     from ptlearn.predict import PromptedLM
@@ -128,22 +127,6 @@ def _sequence_nll(config, lm_params, tables, batch):
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def _prompt_cache(config, lm_params, tables, batch):
-    inputs = prompted.prompted_inputs(
-        GPT(config), lm_params, tables, batch["ids"], batch["task_id"], batch["virtual_index"]
-    )
-    lengths = jnp.sum(batch["attention_mask"], axis=1).astype(jnp.int32)
-    return prefix_cache(
-        {"params": lm_params},
-        inputs["embeddings"],
-        lengths,
-        inputs.get("kv_override"),
-        inputs.get("kv_index"),
-        config=config,
-    )
-
-
-@functools.partial(jax.jit, static_argnames=("config",))
 def _continuation_nll(config, lm_params, prompt_caches, prompt_lengths, rows, batch):
     """Total answer NLL [B] of continuations batch (right-padded, no virtual slots), row b
     continuing prompt rows[b] of prompt_caches ([.., R, P, K, D], prompt_lengths [R] real)."""
@@ -161,10 +144,8 @@ def _continuation_nll(config, lm_params, prompt_caches, prompt_lengths, rows, ba
         cache_index=cache_length(prompt_caches),
         return_hidden=True,
     )
-    source = jnp.take_along_axis(hidden, (batch["target_index"] - 1)[..., None], axis=1)
-    logits = model.apply({"params": lm_params}, source, method=GPT.logits)
-    targets = jnp.take_along_axis(batch["ids"], batch["target_index"], axis=1)
-    return jnp.sum(token_nll(logits, targets) * batch["target_mask"], axis=1)
+    nll = prompted.target_nll(model, lm_params, hidden, batch)
+    return jnp.sum(nll * batch["target_mask"], axis=1)
 
 
 Candidate = tuple[int, str, encoding.EncodedExample]  # (record, label, its encoded example)
@@ -180,7 +161,8 @@ def rank_answers(
     """For each record, the label of its task whose answer tokens have the lowest total NLL
     ("" when no label's example fits max_seq_length)."""
     scores = label_nlls(lm, records, label_sets, batch_size=batch_size)
-    return [min(s, key=s.__getitem__) if s else "" for s in scores]
+    # A tie goes to the label that sorts first, whichever path scored the record.
+    return [min((total, label) for label, total in s.items())[1] if s else "" for s in scores]
 
 
 def label_nlls(
@@ -275,16 +257,6 @@ def _prompt_split(candidates: Sequence[Candidate]) -> int:
     return start - 1
 
 
-def _cut(e: encoding.EncodedExample, start: int, stop: int | None) -> encoding.EncodedExample:
-    return dataclasses.replace(
-        e,
-        ids=e.ids[start:stop],
-        virtual_index=e.virtual_index[start:stop],
-        loss_mask=e.loss_mask[start:stop],
-        answer_start=max(e.answer_start - start, 0),
-    )
-
-
 def _score_whole(
     lm: PromptedLM, candidates: list[Candidate], batch_size: int, scores: list[dict]
 ) -> None:
@@ -319,35 +291,38 @@ def _score_shared(
     for part, prompt_rows in batching.length_chunks(splits, batch_size, lm.max_seq_length):
         chunk = records[part]
         prompts = batching.collate(
-            [_cut(candidates[0][2], 0, split) for split, candidates in chunk],
+            [encoding.slice_example(candidates[0][2], 0, split) for split, candidates in chunk],
             lm.task_index,
             batch_size=prompt_rows,
             max_length=lm.max_seq_length,
             pad_id=pad_id,
         )
-        caches = _prompt_cache(lm.config, lm.lm_params, lm.tables, prompts)
-        lengths = jnp.asarray(prompts["attention_mask"].sum(axis=1), jnp.int32)
+        lengths = prompts["attention_mask"].sum(axis=1).astype(np.int32)
+        caches = prefix_caches.run_prefixes(
+            lm, prompts["ids"], prompts["task_id"], prompts["virtual_index"], lengths
+        )
         continuations = [
-            (row, index, label, _cut(e, split, None))
+            (row, index, label, encoding.slice_example(e, split))
             for row, (split, candidates) in enumerate(chunk)
             for index, label, e in candidates
         ]
-        # Answers are a few tokens: pad to a power of two, not to training's multiple of 16.
+        # Answers are a few tokens: pad to a power of two, not to training's multiple of 16;
+        # a short chunk's continuations (a long prompt's few labels) fill fewer rows.
         longest = max(len(c[3].ids) for c in continuations)
         length = max(4, 1 << (longest - 1).bit_length())
-        most = max(int(np.count_nonzero(c[3].loss_mask)) for c in continuations)
-        for first in range(0, len(continuations), batch_size):
-            piece = continuations[first : first + batch_size]
+        rows = min(batch_size, 1 << (len(continuations) - 1).bit_length())
+        for first in range(0, len(continuations), rows):
+            piece = continuations[first : first + rows]
             batch = batching.collate(
                 [c[3] for c in piece],
                 lm.task_index,
-                batch_size=batch_size,
+                batch_size=rows,
                 max_length=length,
                 pad_id=pad_id,
                 length=length,
-                num_targets=min(length, max(most, 1)),
+                num_targets=length,
             )
-            cache_rows = np.zeros(batch_size, np.int32)
+            cache_rows = np.zeros(rows, np.int32)
             cache_rows[: len(piece)] = [c[0] for c in piece]
             totals = distributed.to_host(
                 _continuation_nll(lm.config, lm.lm_params, caches, lengths, cache_rows, batch)

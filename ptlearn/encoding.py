@@ -102,6 +102,18 @@ class EncodedExample:
     line_no: int | None = None
 
 
+def slice_example(e: EncodedExample, start: int, stop: int | None = None) -> EncodedExample:
+    """Tokens start..stop of an encoded example, its answer start moved with them (a cached
+    prefix cut off the front, or a prompt cut off before its answer)."""
+    return dataclasses.replace(
+        e,
+        ids=e.ids[start:stop],
+        virtual_index=e.virtual_index[start:stop],
+        loss_mask=e.loss_mask[start:stop],
+        answer_start=max(e.answer_start - start, 0),
+    )
+
+
 class _Piece(NamedTuple):
     kind: str  # "text" | "truncate" | "answer" | "virtual"
     text: str = ""

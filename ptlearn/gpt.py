@@ -411,9 +411,10 @@ class GPT(nn.Module):
         """Runs the stack.
 
         ids: [B, T] int, or embeddings: [B, T, E] (e.g. token embeddings with prompt rows
-        written in). positions: [B, T] int (default 0..T-1). attention_mask: [B, S] bool, which
-        key slots hold real tokens (default all); S = T without a cache, the cache length with
-        one. cache: {"k", "v"}: [L, B, S, K, D] from `init_cache`; the new keys go to slots
+        written in). positions: [B, T] int (default 0..T-1), each token's place among its row's
+        real tokens. attention_mask: [B, S] bool, which key slots hold real tokens (default
+        all); S = T without a cache, the cache length with one; a key's place is the count of
+        real slots before it (sliding-window layers compare places, not slots). cache: {"k", "v"}: [L, B, S, K, D] from `init_cache`; the new keys go to slots
         cache_index .. cache_index+T-1 and a query at slot i sees slots <= i.
         kv_override: {"k", "v"}: [L, B, R, K, D] with kv_index: [B, T] int: at each position
         whose index r >= 0, every layer's key (before rotary) and value are row r's instead
@@ -441,8 +442,11 @@ class GPT(nn.Module):
         mask = causal[None] & attention_mask[:, None, :].astype(bool)  # [B, T, S]
         local_mask = is_local = None
         if c.local_layers.any():
-            near = query_slots[:, None] - jnp.arange(num_keys)[None, :] < c.sliding_window
-            local_mask, is_local = mask & near[None], jnp.asarray(c.local_layers)
+            # The window counts tokens, not slots: a key's position is the number of real slots
+            # before it, so padding between a cached prefix and what follows shifts nothing.
+            key_positions = jnp.cumsum(attention_mask.astype(jnp.int32), axis=1) - 1  # [B, S]
+            near = positions[:, :, None] - key_positions[:, None, :] < c.sliding_window
+            local_mask, is_local = mask & near, jnp.asarray(c.local_layers)
         x = nn.with_logical_constraint(
             x, ("activation_batch", "activation_length", "activation_embed")
         )

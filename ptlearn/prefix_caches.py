@@ -4,7 +4,6 @@ prompt and the template text around it) are run once and reused by all its reque
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -52,18 +51,31 @@ def _prefix_cache_of(lm: Any, example: encoding.EncodedExample, length: int) -> 
         if len(lm.prefix_caches) >= MAX_PREFIX_CACHES:  # a long-lived server: drop the oldest
             lm.prefix_caches.pop(next(iter(lm.prefix_caches)))
         task_id = np.asarray([lm.task_index[example.taskname]], np.int32)
-        inputs = prompted_inputs(
-            lm.config, lm.lm_params, lm.tables, ids[None], task_id, virtual_index[None]
-        )
-        lm.prefix_caches[key] = prefix_cache(
-            {"params": lm.lm_params},
-            inputs["embeddings"],
-            np.asarray([length], np.int32),
-            inputs.get("kv_override"),
-            inputs.get("kv_index"),
-            config=lm.config,
+        lm.prefix_caches[key] = run_prefixes(
+            lm, ids[None], task_id, virtual_index[None], np.asarray([length], np.int32)
         )
     return lm.prefix_caches[key]
+
+
+def run_prefixes(
+    lm: Any,
+    ids: np.ndarray,
+    task_id: np.ndarray,
+    virtual_index: np.ndarray,
+    lengths: np.ndarray,
+) -> Any:
+    """The KV caches [.., R, P, K, D] of R prompt prefixes with their tasks' tables: ids,
+    virtual_index [R, P] int32, row r right-padded after lengths[r] (int32 [R]) tokens;
+    task_id [R] int32 (rows of lm.tables)."""
+    inputs = prompted_inputs(lm.config, lm.lm_params, lm.tables, ids, task_id, virtual_index)
+    return prefix_cache(
+        {"params": lm.lm_params},
+        inputs["embeddings"],
+        lengths,
+        inputs.get("kv_override"),
+        inputs.get("kv_index"),
+        config=lm.config,
+    )
 
 
 def split_prefixes(
@@ -87,14 +99,7 @@ def split_prefixes(
         caches.append(_prefix_cache_of(lm, examples[indices[0]], length))
         lengths[indices], rows[indices] = length, len(caches) - 1
         for i in indices:
-            e = examples[i]
-            cut[i] = dataclasses.replace(
-                e,
-                ids=e.ids[length:],
-                virtual_index=e.virtual_index[length:],
-                loss_mask=e.loss_mask[length:],
-                answer_start=len(e.ids) - length,
-            )
+            cut[i] = encoding.slice_example(examples[i], length)
     if not caches:
         return cut, lengths, rows, None
     longest = max(cache_length(c) for c in caches)

@@ -84,9 +84,18 @@ def answer_nll(
         attention_mask=batch["attention_mask"],
         return_hidden=True,
     )
+    mask = batch["target_mask"] * batch["weight"][:, None]
+    return target_nll(model, lm_params, hidden, batch) * mask, mask
+
+
+def target_nll(
+    model: GPT, lm_params: dict, hidden: jax.Array, batch: Mapping[str, jax.Array]
+) -> jax.Array:
+    """NLL [B, K] float32 of the tokens at batch["target_index"] (ids [B, T], target_index
+    [B, K]; see batching.collate) from the final hidden states [B, T, E] of those ids; logits
+    only at the K positions that predict them. Unmasked: padding slots hold some value."""
     # The token at t is predicted from the hidden state at t - 1.
     source = jnp.take_along_axis(hidden, (batch["target_index"] - 1)[..., None], axis=1)
     logits = model.apply({"params": lm_params}, source, method=GPT.logits)
     targets = jnp.take_along_axis(batch["ids"], batch["target_index"], axis=1)
-    mask = batch["target_mask"] * batch["weight"][:, None]
-    return token_nll(logits, targets) * mask, mask
+    return token_nll(logits, targets)

@@ -60,10 +60,14 @@ def test_shared_prefix_ends_at_the_last_shared_virtual_token():
     assert prefix_caches.shared_prefix_length([_example("t", [4, 5], 0, [6])]) == 0
 
 
-@pytest.mark.parametrize("scan_layers", [True, False])
+@pytest.mark.parametrize(
+    "variant,scan_layers",
+    [("test", True), ("test", False), ("test-gemma", True), ("test-gpt2", True)],
+)
 @pytest.mark.parametrize("deep", [False, True], ids=["input-prompts", "deep-prompts"])
-def test_answers_with_prefix_caches_equal_the_whole_prompt(monkeypatch, scan_layers, deep):
-    config = gpt.VARIANTS["test"]
+def test_answers_with_prefix_caches_equal_the_whole_prompt(monkeypatch, variant, scan_layers, deep):
+    # test-gemma's window of 4 tokens: the padding between a prefix and a prompt must not count.
+    config = gpt.VARIANTS[variant]
     params = jax.device_get(nn.unbox(gpt.init_params(config, jax.random.key(0)))["params"])
     params = sharp_attention(params)
     row = deep_prompts.row_shape(config) if deep else (config.hidden_size,)
@@ -131,13 +135,16 @@ def tiny_setup(tmp_path_factory):
     return training.setup(config)
 
 
-@pytest.mark.parametrize("layout", ["scanned", "unrolled"])
+@pytest.mark.parametrize("layout", ["scanned", "unrolled", "sliding-window"])
 @pytest.mark.parametrize("deep", [False, True], ids=["input-prompts", "deep-prompts"])
 def test_rank_scores_on_a_shared_prompt_cache_equal_whole_examples(tiny_setup, deep, layout):
     s = tiny_setup
     config, params = s.model.config, sharp_attention(s.loaded.params)
     if layout == "unrolled":
         config, params = serving.unstack_layers(config, params)
+    if layout == "sliding-window":  # Gemma 3's layers, a 4-token window, the tiny vocabulary
+        config = dataclasses.replace(gpt.VARIANTS["test-gemma"], vocab_size=config.vocab_size)
+        params = sharp_attention(nn.unbox(gpt.init_params(config, jax.random.key(0)))["params"])
     row = deep_prompts.row_shape(config) if deep else (config.hidden_size,)
     rng = np.random.default_rng(0)
     tables = {t: rng.normal(0, 1, (4, *row)).astype(np.float32) for t in s.task_names}
