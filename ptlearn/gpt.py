@@ -301,33 +301,13 @@ class Block(nn.Module):
         return x, cache
 
 
-def _bits_of(tree: Any) -> Any:
-    """16-bit float leaves -> uint16 with the same bits (`lowp.bits`): the scanned stack is
-    then sliced as is, and `lowp.weight` / `lowp.matmul` read floats inside each block."""
-    return jax.tree.map(lowp.bits, tree)
-
-
 def pack_params(params: Any) -> Any:
     """Host params (the tree under "params") with the block stack's 16-bit floats as uint16.
 
     Free on the host (a numpy view) and what the scan slices anyway; without it every call
     bitcasts the whole stack on the device. GPT.apply takes packed and unpacked trees alike.
     """
-
-    def pack(a: Any) -> Any:
-        a = np.asarray(a)
-        return a.view(np.uint16) if is_16bit_float(a.dtype) else a
-
-    return {**params, "layers": jax.tree.map(pack, params["layers"])}
-
-
-def is_16bit_float(dtype: Any) -> bool:
-    return jnp.issubdtype(dtype, jnp.floating) and jnp.dtype(dtype).itemsize == 2
-
-
-def _floats_of(dtype: str) -> Any:
-    """The inverse of `_bits_of` for parameters stored in `dtype` (init stores floats)."""
-    return lambda tree: jax.tree.map(lambda a: lowp.weight(a, dtype), tree)
+    return {**params, "layers": jax.tree.map(lowp.host_bits, params["layers"])}
 
 
 class GPT(nn.Module):
@@ -382,7 +362,12 @@ class GPT(nn.Module):
         )
         if jnp.dtype(c.param_dtype).itemsize == 2:  # blocks get uint16 bits (lowp.weight)
             stack = nn.map_variables(
-                stack, "params", _bits_of, _floats_of(c.param_dtype), init=self.is_initializing()
+                stack,
+                "params",
+                lambda tree: jax.tree.map(lowp.bits, tree),
+                # blocks read param_dtype floats back (init's floats pass through as they are)
+                lambda tree: jax.tree.map(lambda a: lowp.weight(a, c.param_dtype), tree),
+                init=self.is_initializing(),
             )
         return stack(c)
 

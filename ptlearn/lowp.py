@@ -34,9 +34,20 @@ def bits(a: jax.Array) -> jax.Array:
     all of it to float32, and stacking into one (a scan's residuals) copies the whole stack
     per step; an integer buffer is sliced and updated in place.
     """
-    if jnp.issubdtype(a.dtype, jnp.floating) and jnp.dtype(a.dtype).itemsize == 2:
+    if is_16bit_float(a.dtype):
         return jax.lax.bitcast_convert_type(a, jnp.uint16)
     return a
+
+
+def host_bits(a: np.ndarray) -> np.ndarray:
+    """`bits` of a host array, as a numpy view (free: no copy, no device)."""
+    a = np.asarray(a)
+    return a.view(np.uint16) if is_16bit_float(a.dtype) else a
+
+
+def is_16bit_float(dtype: Dtype) -> bool:
+    """Whether `dtype` is a 16-bit float (bfloat16, float16): what `bits` packs."""
+    return jnp.issubdtype(dtype, jnp.floating) and jnp.dtype(dtype).itemsize == 2
 
 
 # Checkpoint names of the low-precision products' outputs (custom VJPs hide their dots from

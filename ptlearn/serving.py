@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ptlearn import lowp
-from ptlearn.gpt import GPTConfig, is_16bit_float
+from ptlearn.gpt import GPTConfig
+from ptlearn.lowp import is_16bit_float
 
 
 def unstack_layers(config: GPTConfig, params: Any) -> tuple[GPTConfig, Any]:
