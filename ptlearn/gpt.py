@@ -399,7 +399,8 @@ class GPT(nn.Module):
         written in). positions: [B, T] int (default 0..T-1), each token's place among its row's
         real tokens. attention_mask: [B, S] bool, which key slots hold real tokens (default
         all); S = T without a cache, the cache length with one; a key's place is the count of
-        real slots before it (sliding-window layers compare places, not slots). cache: {"k", "v"}: [L, B, S, K, D] from `init_cache`; the new keys go to slots
+        real slots before it (sliding-window layers compare places, not slots). cache:
+        {"k", "v"}: [L, B, S, K, D] from `init_cache`; the new keys go to slots
         cache_index .. cache_index+T-1 and a query at slot i sees slots <= i.
         kv_override: {"k", "v"}: [L, B, R, K, D] with kv_index: [B, T] int: at each position
         whose index r >= 0, every layer's key (before rotary) and value are row r's instead

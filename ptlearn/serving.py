@@ -11,7 +11,6 @@ import numpy as np
 
 from ptlearn import lowp
 from ptlearn.gpt import GPTConfig
-from ptlearn.lowp import is_16bit_float
 
 
 def unstack_layers(config: GPTConfig, params: Any) -> tuple[GPTConfig, Any]:
@@ -54,6 +53,6 @@ def serving_layout(config: GPTConfig, params: Any) -> tuple[GPTConfig, Any]:
     device_put. Inputs already in the serving layout pass through.
     """
     config, params = unstack_layers(config, params)
-    if config.kernels_out_first or not is_16bit_float(config.param_dtype):
+    if config.kernels_out_first or not lowp.is_16bit_float(config.param_dtype):
         return config, params
     return config.replace(kernels_out_first=True), _kernels_out_first(params)
