@@ -45,6 +45,5 @@ def get_hyper(h):
     # the report takes as --baselines; put the rates back here to rerun them). Validation
     # intent 69 / 81 / 85.5 / 82.5%: 3e-2 is the best. Twice the steps (its validation loss
     # still fell at step 2000) and 30 virtual tokens at 3e-2 follow.
-    longer = h.product([h.fixed("steps", 4000), h.fixed("virtual", 10)])
-    wider = h.product([h.fixed("steps", 2000), h.fixed("virtual", 30)])
-    return h.product([h.fixed("lr", 3e-2), h.chainit([longer, wider])])
+    longer_or_wider = h.zipit([h.sweep("steps", [4000, 2000]), h.sweep("virtual", [10, 30])])
+    return h.product([h.fixed("lr", 3e-2), longer_or_wider])

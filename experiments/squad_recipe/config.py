@@ -39,6 +39,5 @@ def get_hyper(h):
     # rerun them). 3e-2 is the best by validation F1 and loss (F1 75.2, loss 0.534; 1e-1: F1
     # 60.8, loss 0.604), and its val loss still fell at 600 steps, so twice the steps and 30
     # virtual tokens at 3e-2 come next.
-    longer = h.product([h.fixed("steps", 1200), h.fixed("virtual", 10)])
-    wider = h.product([h.fixed("steps", 600), h.fixed("virtual", 30)])
-    return h.product([h.fixed("lr", 3e-2), h.chainit([longer, wider])])
+    longer_or_wider = h.zipit([h.sweep("steps", [1200, 600]), h.sweep("virtual", [10, 30])])
+    return h.product([h.fixed("lr", 3e-2), longer_or_wider])
