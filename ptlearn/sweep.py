@@ -1,7 +1,7 @@
 """Run every arm of a config's sweep (`get_hyper(h)`, see `ptlearn.hyper`), then report.
 
   python -m ptlearn.sweep --config=FILE_OR_NAME[:arg] --workdir=W [--config.a.b=v ...] \
-      [--sweep.NAME=v1,v2 ...] [--parallel=N]
+      [--sweep.NAME=v1,v2 ...] [--parallel=N [--arms_per_gpu=K]]
 
 Each arm trains in its own workdir `W/<name=value,...>` as its own `python -m ptlearn.train`
 process, so an arm is exactly the command recorded for it in `W/sweep.json`. A rerun skips arms
@@ -13,7 +13,10 @@ and plots.
 Several arms at once (`--parallel=N`): on a machine with N or more GPUs each running arm gets
 its own disjoint share of them (CUDA_VISIBLE_DEVICES), so arms never contend for a device. On
 CPU the arms would share the cores and slow each other (and their timings) down, so there
-`--parallel` above 1 is refused: one arm after another.
+`--parallel` above 1 is refused: one arm after another. `--arms_per_gpu=K` puts up to K arms on
+each GPU, each with 1/K of its memory (XLA_PYTHON_CLIENT_MEM_FRACTION): small models leave a
+large GPU mostly idle, so arms sharing one finish sooner in all, but their wall times then
+measure the sharing, not the recipe.
 """
 
 from __future__ import annotations
@@ -162,8 +165,9 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def device_groups(parallel: int) -> list[dict[str, str]]:
-    """Per concurrent arm, the environment that gives it its share of the GPUs."""
+def device_groups(parallel: int, arms_per_gpu: int = 1) -> list[dict[str, str]]:
+    """Per concurrent arm, the environment that gives it its share of the GPUs: a disjoint set
+    of whole GPUs, or with `arms_per_gpu` K > 1 one GPU and 1/K of its memory."""
     if parallel <= 1:
         return [{}]
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -174,6 +178,21 @@ def device_groups(parallel: int) -> list[dict[str, str]]:
         gpus = [str(i) for i, x in enumerate(listing.stdout.splitlines()) if x.startswith("GPU")]
     else:
         gpus = []
+    if arms_per_gpu > 1:
+        if len(gpus) * arms_per_gpu < parallel:
+            raise ConfigError(
+                f"--parallel={parallel} with --arms_per_gpu={arms_per_gpu}: this machine shows "
+                f"{len(gpus)} GPUs, room for {len(gpus) * arms_per_gpu} arms at once"
+            )
+        # 0.9: XLA's own default share, left to the arms together.
+        fraction = f"{0.9 / arms_per_gpu:.4f}"
+        return [
+            {
+                "CUDA_VISIBLE_DEVICES": gpus[i // arms_per_gpu],
+                "XLA_PYTHON_CLIENT_MEM_FRACTION": fraction,
+            }
+            for i in range(parallel)
+        ]
     if len(gpus) < parallel:
         raise ConfigError(
             f"--parallel={parallel}: this machine shows {len(gpus)} GPUs; arms running at once "
@@ -201,6 +220,7 @@ def run_sweep(
     replaced: Mapping[str, Sequence[Any]] | None = None,
     *,
     parallel: int = 1,
+    arms_per_gpu: int = 1,
     report: bool = True,
     command: str = "",
 ) -> list[Arm]:
@@ -213,15 +233,14 @@ def run_sweep(
             workdir,
             dict(overrides or {}),
             dict(replaced or {}),
-            parallel,
+            device_groups(parallel, arms_per_gpu),
             report,
             command,
         )
 
 
-def _run_sweep(config_spec, workdir, overrides, replaced, parallel, report, command) -> list[Arm]:
+def _run_sweep(config_spec, workdir, overrides, replaced, groups, report, command) -> list[Arm]:
     arms = plan(config_spec, workdir, overrides, replaced)
-    groups = device_groups(parallel)
     workdir.mkdir(parents=True, exist_ok=True)
     header = {
         "command": command,
@@ -308,6 +327,7 @@ def main(argv: Sequence[str]) -> None:
         config_flags.get_override_values(config_flag),
         REPLACED,
         parallel=flags.FLAGS.parallel,
+        arms_per_gpu=flags.FLAGS.arms_per_gpu,
         report=flags.FLAGS.report,
         command=COMMAND,
     )
@@ -327,6 +347,12 @@ if __name__ == "__main__":
     cli.define_config()
     flags.DEFINE_string("workdir", None, "the sweep's folder: one workdir per arm inside")
     flags.DEFINE_integer("parallel", 1, "arms at once (each with its own GPUs)", lower_bound=1)
+    flags.DEFINE_integer(
+        "arms_per_gpu",
+        1,
+        "with --parallel: arms sharing one GPU (each 1/K of its memory)",
+        lower_bound=1,
+    )
     flags.DEFINE_bool("report", True, "write results.csv / results.md / plots at the end")
     flags.mark_flag_as_required("workdir")
     COMMAND = shlex.join(["python", "-m", "ptlearn.sweep", *sys.argv[1:]])

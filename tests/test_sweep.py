@@ -74,6 +74,15 @@ def test_parallel_arms_need_their_own_gpus(monkeypatch):
         sweep.device_groups(2)
 
 
+def test_arms_sharing_a_gpu_split_its_memory(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    groups = sweep.device_groups(3, arms_per_gpu=2)
+    assert [g["CUDA_VISIBLE_DEVICES"] for g in groups] == ["0", "0", "1"]
+    assert {g["XLA_PYTHON_CLIENT_MEM_FRACTION"] for g in groups} == {"0.4500"}
+    with pytest.raises(ConfigError, match="room for 4 arms"):
+        sweep.device_groups(5, arms_per_gpu=2)
+
+
 def test_two_by_two_sweep_skips_finished_arms_and_reports(toy_data, tmp_path):
     args = _args(toy_data, tmp_path, "--sweep.init=vocab,random", "--sweep.seed=0,1")
     first = _sweep(*args)

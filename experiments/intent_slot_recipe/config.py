@@ -44,6 +44,8 @@ def get_hyper(h):
     # 3e-3, 1e-2, 3e-2 and 1e-1 at 10 virtual tokens ran (their rows: earlier_arms.csv, which
     # the report takes as --baselines; put the rates back here to rerun them). Validation
     # intent 69 / 81 / 85.5 / 82.5%: 3e-2 is the best. Twice the steps (its validation loss
-    # still fell at step 2000) and 30 virtual tokens at 3e-2 follow.
-    longer_or_wider = h.zipit([h.sweep("steps", [4000, 2000]), h.sweep("virtual", [10, 30])])
+    # still fell at step 2000), 30 virtual tokens, and both at 3e-2 follow.
+    longer_or_wider = h.zipit(
+        [h.sweep("steps", [4000, 2000, 4000]), h.sweep("virtual", [10, 30, 30])]
+    )
     return h.product([h.fixed("lr", 3e-2), longer_or_wider])
