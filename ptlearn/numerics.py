@@ -8,14 +8,16 @@ accuracy, per kind of device (the shipped configs say auto; `trainer.precision=3
   steps/s (experiments/bench_vs_peft.md).
 - `model.frozen_weights_dtype=auto`: bfloat16 storage when the matmuls take bf16 inputs (the
   weights are read as bf16 anyway; half the memory), else float32.
-- `model.activations_checkpoint_granularity=auto`: "full" on CPU, where recomputing each block
-  in the backward is faster than keeping its activations (1.17-1.30 s against 1.45-1.51 s per
-  step, and 1.3 against 2.65 GB, experiments/bench_vs_peft.md). In float32 on an AVX2-only
-  EPYC (experiments/results/remat_cpu_check.jsonl, median s/step full vs none) none gains
-  13% on intent_slot's short rows (4.49 vs 3.92) and nothing on squad's long ones (10.84 vs
-  10.05; 55.7 vs 55.0 s in all), where its stored activations grow with the row length:
-  full stays. None on accelerators, which have the memory bandwidth the stored
-  activations need (experiments/gpu_check.sh times both).
+- `model.activations_checkpoint_granularity=auto`: "full" (recompute each block in the
+  backward) on every device, since it was the faster on each one measured. On CPU: 1.17-1.30
+  against 1.45-1.51 s per step and 1.3 against 2.65 GB (experiments/bench_vs_peft.md); in
+  float32 on an AVX2-only EPYC none gains 13% on intent_slot's short rows (4.49 vs 3.92 s)
+  and nothing on squad's long ones (10.84 vs 10.05; 55.7 vs 55.0 s in all;
+  experiments/results/remat_cpu_check.jsonl), where its stored activations grow with the row
+  length. On an H200 (bf16, the default model, experiments/results/gpu_check_h200.jsonl):
+  13.2 against 14.7 ms per step for p-tuning and 13.9 against 14.9 ms for the deep-prompt
+  recipe, with 0.5 against 3.3 GiB planned: a 135M model's step is bound by launches and
+  memory traffic, not by the recomputed FLOPs.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def resolve(
             m.frozen_weights_dtype = "bfloat16" if matmul == "bfloat16" else "float32"
             chosen["model.frozen_weights_dtype"] = m.frozen_weights_dtype
         if m.activations_checkpoint_granularity == AUTO:
-            m.activations_checkpoint_granularity = "full" if on_cpu else ""
+            m.activations_checkpoint_granularity = "full"
             chosen["model.activations_checkpoint_granularity"] = (
                 m.activations_checkpoint_granularity
             )

@@ -168,7 +168,7 @@ def _die_with_parent() -> None:
 def device_groups(parallel: int, arms_per_gpu: int = 1) -> list[dict[str, str]]:
     """Per concurrent arm, the environment that gives it its share of the GPUs: a disjoint set
     of whole GPUs, or with `arms_per_gpu` K > 1 one GPU and 1/K of its memory."""
-    if parallel <= 1:
+    if parallel <= 1 and arms_per_gpu <= 1:
         return [{}]
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
@@ -184,7 +184,7 @@ def device_groups(parallel: int, arms_per_gpu: int = 1) -> list[dict[str, str]]:
                 f"--parallel={parallel} with --arms_per_gpu={arms_per_gpu}: this machine shows "
                 f"{len(gpus)} GPUs, room for {len(gpus) * arms_per_gpu} arms at once"
             )
-        # 0.9: XLA's own default share, left to the arms together.
+        # 0.9 of the GPU to the arms together (one JAX process alone takes 0.75).
         fraction = f"{0.9 / arms_per_gpu:.4f}"
         return [
             {

@@ -26,7 +26,7 @@ def _auto_config():
     [
         ("cpu", True, {"precision": "bf16", "weights": "bfloat16", "remat": "full"}),
         ("cpu", False, {"precision": "32", "weights": "float32", "remat": "full"}),
-        ("gpu", False, {"precision": "bf16", "weights": "bfloat16", "remat": ""}),
+        ("gpu", False, {"precision": "bf16", "weights": "bfloat16", "remat": "full"}),
     ],
 )
 def test_auto_resolves_per_device_kind(monkeypatch, caplog, platform, bf16_cpu, expected):

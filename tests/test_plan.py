@@ -126,12 +126,20 @@ def test_the_gpu_check_runs_the_real_step_on_cpu():
             **os.environ,
             "PYTHON": sys.executable,
             "VARIANTS": "test",
+            "CONFIGS": "sentiment",
             "STEPS": "2",
             "XLA_FLAGS": "",
         },
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["variant"] == "test" and result["median_s"] > 0
-    assert 0 < result["mfu_4n"] < result["mfu_6n"]
-    assert result["plan_total_gib"] > 0
+    rows = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert [(r["config"], r["remat"]) for r in rows] == [
+        ("sentiment", "none"),
+        ("sentiment", "full"),
+    ]
+    for result in rows:
+        assert result["variant"] == "test" and result["median_s"] > 0
+        assert 0 < result["mfu_4n"] < result["mfu_6n"]
+        assert result["plan_total_gib"] > 0
+    # Recomputing the forward costs FLOPs that the step's own count includes.
+    assert rows[1]["flops_per_step"] > rows[0]["flops_per_step"]

@@ -79,6 +79,10 @@ def test_arms_sharing_a_gpu_split_its_memory(monkeypatch):
     groups = sweep.device_groups(3, arms_per_gpu=2)
     assert [g["CUDA_VISIBLE_DEVICES"] for g in groups] == ["0", "0", "1"]
     assert {g["XLA_PYTHON_CLIENT_MEM_FRACTION"] for g in groups} == {"0.4500"}
+    # One arm of a sweep that shares its GPU with others still takes only its share.
+    assert sweep.device_groups(1, arms_per_gpu=4) == [
+        {"CUDA_VISIBLE_DEVICES": "0", "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.2250"}
+    ]
     with pytest.raises(ConfigError, match="room for 4 arms"):
         sweep.device_groups(5, arms_per_gpu=2)
 
