@@ -14,9 +14,10 @@ Several arms at once (`--parallel=N`): on a machine with N or more GPUs each run
 its own disjoint share of them (CUDA_VISIBLE_DEVICES), so arms never contend for a device. On
 CPU the arms would share the cores and slow each other (and their timings) down, so there
 `--parallel` above 1 is refused: one arm after another. `--arms_per_gpu=K` puts up to K arms on
-each GPU, each with 1/K of its memory (XLA_PYTHON_CLIENT_MEM_FRACTION): small models leave a
-large GPU mostly idle, so arms sharing one finish sooner in all, but their wall times then
-measure the sharing, not the recipe.
+each GPU, each with 0.9/K of its memory (XLA_PYTHON_CLIENT_MEM_FRACTION), K counting the arms of
+every sweep sharing the GPU (experiments/gpu_sweeps.sh): a small model leaves a large GPU mostly
+idle, but the arms' host work (loading, encoding, compiling) contends for the host's cores, and
+their wall times measure the sharing, not the recipe.
 """
 
 from __future__ import annotations
@@ -350,7 +351,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer(
         "arms_per_gpu",
         1,
-        "with --parallel: arms sharing one GPU (each 1/K of its memory)",
+        "arms sharing one GPU, this sweep's and others' (each 0.9/K of its memory)",
         lower_bound=1,
     )
     flags.DEFINE_bool("report", True, "write results.csv / results.md / plots at the end")
