@@ -17,7 +17,9 @@ accuracy, per kind of device (the shipped configs say auto; `trainer.precision=3
   length. On an H200 (bf16, the default model, experiments/results/gpu_check_h200.jsonl):
   13.2 against 14.7 ms per step for p-tuning and 13.9 against 14.9 ms for the deep-prompt
   recipe, with 0.5 against 3.3 GiB planned: a 135M model's step is bound by launches and
-  memory traffic, not by the recomputed FLOPs.
+  memory traffic, not by the recomputed FLOPs. Billion-parameter models on GPUs, whose step is
+  FLOP-bound, are unmeasured: there none saves the third of the FLOPs that full recomputes,
+  where its memory fits (`python -m ptlearn.plan` shows both; gpu_check.sh times both).
 """
 
 from __future__ import annotations

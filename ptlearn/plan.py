@@ -8,7 +8,7 @@ Prints per device the frozen and trainable parameter bytes, optimizer bytes, the
 temporaries and total, the step's FLOPs, whether it fits each named accelerator (with the
 largest micro-batch that does) and a step-time estimate at `--mfu`; then the partition spec of
 every weight kind, and one JSON line. Numerics set to "auto" resolve as on a GPU (bf16 matmuls,
-bf16 frozen weights, no remat). The memory and FLOP figures are XLA's own analysis of the
+bf16 frozen weights, full remat). The memory and FLOP figures are XLA's own analysis of the
 compiled step (here compiled for CPU devices: an accelerator's fusions differ, so treat them
 as an estimate; experiments/plan_nemo_sizes.md compares with a real run).
 """

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -85,6 +86,33 @@ def test_arms_sharing_a_gpu_split_its_memory(monkeypatch):
     ]
     with pytest.raises(ConfigError, match="room for 4 arms"):
         sweep.device_groups(5, arms_per_gpu=2)
+
+
+def test_gpu_sweeps_script_shares_the_gpu_and_stops_at_its_deadline(tmp_path):
+    """experiments/gpu_sweeps.sh with a faked GPU: each sweep starts its arms with their share
+    of the GPU, and at DEADLINE_S the sweep is stopped and the script reports it."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {
+        **tiny_subprocess_env(),
+        "PYTHON": sys.executable,
+        "RUNS": str(tmp_path),
+        "SWEEPS": "squad_recipe:1",
+        "DEADLINE_S": "3",
+        "CUDA_VISIBLE_DEVICES": "0",
+    }
+    proc = subprocess.run(
+        ["bash", str(root / "experiments" / "gpu_sweeps.sh")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "== squad_recipe" in proc.stdout
+    state = json.loads((tmp_path / "squad_recipe" / sweep.SWEEP_FILE).read_text())
+    assert [a["name"] for a in state["arms"]] == ["lr=0.03,steps=1200,virtual=10"]
+    assert state["arms"][0]["status"] == "running"  # stopped mid-arm: a rerun resumes it
+    assert (tmp_path / "squad_recipe" / state["arms"][0]["name"] / sweep.ARM_LOG).is_file()
 
 
 def test_two_by_two_sweep_skips_finished_arms_and_reports(toy_data, tmp_path):
