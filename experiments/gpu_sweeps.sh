@@ -30,8 +30,9 @@ for s in $sweeps; do
         --parallel="${s##*:}" --arms_per_gpu="$total" --report=false >"$runs/$name.log" 2>&1 &
 done
 wait
-# A stopped sweep's arms checkpoint after it exits: wait for them (a minute at most).
-for _ in $(seq 60); do pgrep -f "ptlearn.train --config=" >/dev/null || break; sleep 1; done
+# A stopped sweep's arms checkpoint after it exits: wait for them (a minute at most; only
+# these sweeps' arms, by their workdirs).
+for _ in $(seq 60); do pgrep -f -- "--workdir=$runs/" >/dev/null || break; sleep 1; done
 for s in $sweeps; do
     echo "== ${s%%:*}"
     tail -n 3 "$runs/${s%%:*}.log"
