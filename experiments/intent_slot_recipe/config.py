@@ -44,8 +44,7 @@ def get_hyper(h):
     # 3e-3, 1e-2, 3e-2 and 1e-1 at 10 virtual tokens ran (their rows: earlier_arms.csv, which
     # the report takes as --baselines; put the rates back here to rerun them). Validation
     # intent 69 / 81 / 85.5 / 82.5%: 3e-2 is the best. Twice the steps (its validation loss
-    # still fell at step 2000), 30 virtual tokens, and both at 3e-2 follow.
-    longer_or_wider = h.zipit(
-        [h.sweep("steps", [4000, 2000, 4000]), h.sweep("virtual", [10, 30, 30])]
-    )
-    return h.product([h.fixed("lr", 3e-2), longer_or_wider])
+    # still fell at step 2000), then 4000 steps at 10 virtual tokens and 2000 at 30 ran (rows
+    # in earlier_arms.csv too): validation loss 0.0944 / 0.0937, slot F1 66.7 / 70.0 at the
+    # chosen checkpoints, so configs/intent_slot.py takes 30 tokens and 2000 steps. Left: both.
+    return h.product([h.fixed("lr", 3e-2), h.fixed("steps", 4000), h.fixed("virtual", 30)])
