@@ -34,6 +34,7 @@ wait
 # these sweeps' arms, by their workdirs).
 for _ in $(seq 60); do pgrep -f -- "--workdir=$runs/" >/dev/null || break; sleep 1; done
 for s in $sweeps; do
-    echo "== ${s%%:*}"
-    tail -n 3 "$runs/${s%%:*}.log"
+    name=${s%%:*}
+    echo "== $name"
+    tail -n 3 "$runs/$name.log"
 done
