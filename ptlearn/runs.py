@@ -64,9 +64,30 @@ PACKAGES = (
 ALLOW_FLAG = "--allow_config_change (allow_config_change=True in ptlearn.train)"
 
 
+def _plain(value: Any) -> Any:
+    # to_dict() leaves the ConfigDicts inside tuples (task_templates): record their contents.
+    if isinstance(value, ml_collections.ConfigDict):
+        return value.to_dict()
+    return list(value)
+
+
 def config_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The config as plain JSON values (tuples become lists)."""
-    return json.loads(json.dumps(config.to_dict(), default=list))
+    """The config as plain JSON values (tuples become lists, templates dicts)."""
+    return json.loads(json.dumps(config.to_dict(), default=_plain))
+
+
+def _unrecorded(old: Any, new: Any) -> bool:
+    """Whether `old` is how ptlearn up to 1974ef4 recorded the list of dicts `new`: each
+    dict as its sorted keys only. Such a record cannot say what changed, so it strands no run."""
+    return (
+        isinstance(old, list)
+        and isinstance(new, list)
+        and len(old) == len(new)
+        and all(
+            isinstance(n, dict) and isinstance(o, list) and o == sorted(n)
+            for o, n in zip(old, new, strict=True)
+        )
+    )
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -85,7 +106,8 @@ def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 
     A key the old config lacks is no change while the new one holds its `base_config()`
     default: an option added by a later ptlearn, at the value that keeps what the old run did,
-    must not strand a run (or a sweep's arms) started before the upgrade.
+    must not strand a run (or a sweep's arms) started before the upgrade; nor may templates
+    that an older ptlearn recorded by their keys only (`_unrecorded`).
     """
     a, b = flatten(old), flatten(new)
     defaults = flatten(config_dict(config_lib.base_config()))
@@ -96,6 +118,7 @@ def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
         if a.get(k) != b.get(k)
         and not k.startswith(PLACEMENT_KEYS)
         and not (k not in a and k in defaults and b[k] == defaults[k])
+        and not _unrecorded(a.get(k), b.get(k))
     ]
 
 

@@ -155,6 +155,25 @@ def test_a_key_added_later_at_its_default_is_no_change():
     assert "inference.stop_strings" in runs.changed_keys(old, new)
 
 
+def test_the_record_holds_each_template_and_a_changed_wording_is_a_change():
+    from ptlearn import config_lib, runs
+
+    config = config_lib.base_config()
+    config.model.task_templates = (
+        config_lib.task_template(
+            "qa", "<|VIRTUAL_PROMPT_0|> Q: {question} A: {answer}", 4, [4], "answer"
+        ),
+    )
+    old = runs.config_dict(config)
+    assert old["model"]["task_templates"][0]["prompt_template"].endswith("A: {answer}")
+    config.model.task_templates[0].prompt_template = "<|VIRTUAL_PROMPT_0|> {question} {answer}"
+    assert runs.changed_keys(old, runs.config_dict(config)) == ["model.task_templates"]
+    # A record from before templates were kept whole (their keys only) strands no run.
+    keys_only = json.loads(json.dumps(old))
+    keys_only["model"]["task_templates"] = [sorted(old["model"]["task_templates"][0])]
+    assert runs.changed_keys(keys_only, runs.config_dict(config)) == []
+
+
 def test_one_run_per_workdir(toy_data, tmp_path):
     with files.exclusive(tmp_path, "run"):
         with pytest.raises(ConfigError, match=r"in use by pid \d+, another ptlearn process"):
