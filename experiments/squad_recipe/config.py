@@ -1,6 +1,6 @@
 """Finding the SQuAD recipe (configs/squad.py): deep prompts' learning rate, virtual tokens and
-step budget against validation F1, one seed per setting; the chosen setting then runs with 3
-seeds for the test table.
+step budget against validation loss and F1, one seed per setting; the chosen setting then runs
+with 3 seeds for the test table (experiments/recipes).
 
   python -m ptlearn.data.prepare squad --raw_dir=../shared/data --out_dir=data/squad
   python -m ptlearn.sweep --config=experiments/squad_recipe/config.py --workdir=runs/squad_recipe
