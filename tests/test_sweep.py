@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -88,32 +89,49 @@ def test_arms_sharing_a_gpu_split_its_memory(monkeypatch):
         sweep.device_groups(5, arms_per_gpu=2)
 
 
-def test_gpu_sweeps_script_shares_the_gpu_and_stops_at_its_deadline(tmp_path):
+def test_gpu_sweeps_script_shares_the_gpu_and_stops_at_its_deadline(toy_data, tmp_path):
     """experiments/gpu_sweeps.sh with a faked GPU: the sweep starts its first arm (the shares
-    it gets: the test above), and at DEADLINE_S it is stopped and the script reports it."""
+    it gets: the test above), and at DEADLINE_S it is stopped and the script reports it. The
+    script runs from a copy beside its own tiny sweep, so neither the real model nor the
+    prepared data sets are needed (without them a real recipe's arm fails inside the deadline)."""
     root = pathlib.Path(__file__).resolve().parents[1]
+    experiments = tmp_path / "repo" / "experiments"
+    (experiments / "tiny").mkdir(parents=True)
+    shutil.copy(root / "experiments" / "gpu_sweeps.sh", experiments)
+    # Many steps, so the first arm is still training when the deadline stops it.
+    (experiments / "tiny" / "config.py").write_text(
+        "from ptlearn import config_lib\n\n\n"
+        "def get_config(arg=None):\n"
+        "    return config_lib.load_config(\n"
+        f"        'sentiment_prompt_tuning', 'model=tiny,data={toy_data},virtual=4,steps=100000'\n"
+        "    )\n\n\n"
+        "def get_hyper(h):\n"
+        "    return h.sweep('seed', [0, 1])\n"
+    )
+    runs = tmp_path / "runs"
     env = {
         **tiny_subprocess_env(),
         "PYTHON": sys.executable,
-        "RUNS": str(tmp_path),
-        "SWEEPS": "squad_recipe:1",
+        "RUNS": str(runs),
+        "SWEEPS": "tiny:1",
         "DEADLINE_S": "3",
         "CUDA_VISIBLE_DEVICES": "0",
     }
     proc = subprocess.run(
-        ["bash", str(root / "experiments" / "gpu_sweeps.sh")],
+        ["bash", str(experiments / "gpu_sweeps.sh")],
         capture_output=True,
         text=True,
         timeout=240,
         env=env,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "== squad_recipe" in proc.stdout
-    state = json.loads((tmp_path / "squad_recipe" / sweep.SWEEP_FILE).read_text())
-    planned = sweep.plan(str(root / "experiments" / "squad_recipe" / "config.py"), tmp_path, {}, {})
-    assert [a["name"] for a in state["arms"]] == [a.name for a in planned]
-    assert state["arms"][0]["status"] == "running"  # stopped mid-arm: a rerun resumes it
-    assert (tmp_path / "squad_recipe" / state["arms"][0]["name"] / sweep.ARM_LOG).is_file()
+    assert "== tiny" in proc.stdout
+    state = json.loads((runs / "tiny" / sweep.SWEEP_FILE).read_text())
+    assert [a["name"] for a in state["arms"]] == ["seed=0", "seed=1"]
+    first, second = state["arms"]
+    assert first["status"] == "running", (runs / "tiny.log").read_text()[-2000:]  # a rerun resumes it
+    assert second["status"] == "pending"
+    assert (runs / "tiny" / "seed=0" / sweep.ARM_LOG).is_file()
 
 
 def test_two_by_two_sweep_skips_finished_arms_and_reports(toy_data, tmp_path):
