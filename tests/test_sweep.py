@@ -129,7 +129,8 @@ def test_gpu_sweeps_script_shares_the_gpu_and_stops_at_its_deadline(toy_data, tm
     state = json.loads((runs / "tiny" / sweep.SWEEP_FILE).read_text())
     assert [a["name"] for a in state["arms"]] == ["seed=0", "seed=1"]
     first, second = state["arms"]
-    assert first["status"] == "running", (runs / "tiny.log").read_text()[-2000:]  # a rerun resumes it
+    # Stopped mid-arm: a rerun resumes it.
+    assert first["status"] == "running", (runs / "tiny.log").read_text()[-2000:]
     assert second["status"] == "pending"
     assert (runs / "tiny" / "seed=0" / sweep.ARM_LOG).is_file()
 
