@@ -28,6 +28,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ptlearn import machine as ptlearn_machine
 from ptlearn.checkpoints import default_model_path
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -210,13 +211,8 @@ def ensure_eval_text(path: pathlib.Path = PEER_EVAL_TEXT) -> None:
 
 
 def machine() -> dict[str, str]:
-    """CPU model, logical cores and memory from /proc, plus OS and python."""
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    """CPU model (family and model with it), logical cores and memory from /proc, plus OS
+    and python."""
     mem = "unknown"
     with open("/proc/meminfo") as f:
         for line in f:
@@ -224,7 +220,7 @@ def machine() -> dict[str, str]:
                 mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
                 break
     return {
-        "cpu": cpu,
+        "cpu": ptlearn_machine.cpu_name(),
         "cores": str(os.cpu_count()),
         "memory": mem,
         "os": platform.platform(),

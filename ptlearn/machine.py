@@ -15,21 +15,27 @@ from typing import Any
 SIMD_LEVELS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
 
 
-@functools.cache
-def _cpuinfo() -> tuple[str, frozenset[str]]:
-    """(the CPU's model name, its flags) from /proc/cpuinfo; ("", {}) where it cannot be read."""
-    try:
-        text = pathlib.Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "", frozenset()
-    name, flags = "", frozenset()
+def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
+    """(the CPU's model name, its flags) from /proc/cpuinfo's text. The name carries the CPU
+    family and model, since a virtual machine's name is often only "AMD EPYC": family 25
+    model 17 (Zen 4) and family 26 (Zen 5) train at different speeds under the same name."""
+    fields: dict[str, str] = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "model name" and not name:
-            name = value.strip()
-        elif key.strip() == "flags" and not flags:
-            flags = frozenset(value.split())
-    return name, flags
+        fields.setdefault(key.strip(), value.strip())  # the first CPU's lines; all are alike
+    name = fields.get("model name", "")
+    if name and "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name, frozenset(fields.get("flags", "").split())
+
+
+@functools.cache
+def _cpuinfo() -> tuple[str, frozenset[str]]:
+    """parse_cpuinfo of this machine; ("", {}) where /proc/cpuinfo cannot be read."""
+    try:
+        return parse_cpuinfo(pathlib.Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return "", frozenset()
 
 
 def cpu_flags() -> frozenset[str]:
@@ -37,11 +43,16 @@ def cpu_flags() -> frozenset[str]:
     return _cpuinfo()[1]
 
 
+def cpu_name() -> str:
+    """This CPU's model name with its family and model (parse_cpuinfo), or "unknown CPU"."""
+    return _cpuinfo()[0] or "unknown CPU"
+
+
 def cpu_description() -> str:
-    """e.g. "AMD EPYC, 2 CPUs, avx512_bf16": model name, CPU count, fastest SIMD level."""
-    name, flags = _cpuinfo()
-    simd = next((level for level in SIMD_LEVELS if level in flags), "no avx2")
-    return f"{name or 'unknown CPU'}, {os.cpu_count()} CPUs, {simd}"
+    """e.g. "AMD EPYC (family 26, model 2), 2 CPUs, avx512_bf16": model name, CPU count,
+    fastest SIMD level."""
+    simd = next((level for level in SIMD_LEVELS if level in cpu_flags()), "no avx2")
+    return f"{cpu_name()}, {os.cpu_count()} CPUs, {simd}"
 
 
 def describe(devices: Sequence[Any]) -> str:

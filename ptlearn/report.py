@@ -4,8 +4,11 @@ Writes into W:
 - `arms.csv`: one row per arm: its settings, the machine it ran on (its run record's), status,
   steps, wall time, trainable parameters and every final / best / test metric;
 - `results.csv` and `results.md`: one row per setting and machine (the arms that differ only
-  in their seeds together): mean and standard deviation over the seeds of every metric, steps and wall
-  time, and how many seeds finished;
+  in their seeds together): mean and standard deviation over the seeds of every metric, steps
+  and wall time, and how many seeds finished;
+- `results_pooled.csv`, and its table in `results.md`, where a setting's seeds ran on more than
+  one machine: those seeds together, every metric but wall time (which only compares on one
+  machine), so a 3-seed mean exists when each seed ran in another session;
 - `plot_<axis>.png` for each swept axis with more than one value: that axis against the
   headline metrics, mean with standard-deviation error bars, one line per other setting;
 - `curves.png`: training loss and validation loss against the step, one line per arm.
@@ -250,9 +253,11 @@ def write_report(
     out: str | pathlib.Path | None = None,
     baselines: str | pathlib.Path | None = None,
 ) -> dict[str, str]:
-    """Writes arms.csv, results.csv, results.md and the plots of the sweep (or run) in
-    `workdir` into `out` (default: `workdir`), with the rows of the `baselines` CSV beside the
-    arms'; returns {what: path}."""
+    """Writes arms.csv, results.csv (and results_pooled.csv where seeds ran on several
+    machines), results.md and the plots of the sweep (or run) in `workdir` into `out`
+    (default: `workdir`), with the rows of the `baselines` CSV beside the arms' (a baseline
+    row named like one of the sweep's arms is that arm recorded earlier: the sweep's row
+    counts, once); returns {what: path}."""
     import pandas as pd
 
     workdir = pathlib.Path(workdir)
@@ -261,7 +266,9 @@ def write_report(
     rows, axes = arm_rows(workdir)
     arms = pd.DataFrame(rows)
     if baselines is not None:
-        arms = pd.concat([read_baselines(baselines, axes), arms], ignore_index=True)
+        earlier = read_baselines(baselines, axes)
+        earlier = earlier[~earlier["arm"].isin(arms["arm"])]
+        arms = pd.concat([earlier, arms], ignore_index=True)
         if not [a for a in axes if not _is_seed(a)]:  # one setting: label it to keep it apart
             swept = {r["arm"] for r in rows}
             arms.insert(0, "setting", [workdir.name if a in swept else a for a in arms["arm"]])
@@ -269,7 +276,8 @@ def write_report(
     # Settings no axis names (the machine; an earlier sweep's batch in the baselines) keep
     # their rows apart.
     axes = [*axes, *(c for c in setting_columns(arms.columns) if c not in axes)]
-    for old in [*out.glob("plot_*.png"), out / "curves.png", out / "results.csv"]:
+    outputs = [out / "curves.png", out / "results.csv", out / "results_pooled.csv"]
+    for old in [*out.glob("plot_*.png"), *outputs]:
         old.unlink(missing_ok=True)  # the report's own outputs of an earlier state
     written = {"arms": str(out / "arms.csv")}
     arms.to_csv(written["arms"], index=False)
@@ -307,10 +315,29 @@ def write_report(
                 f"Rows not from this sweep (`{baselines}`): {_baseline_names(arms, rows)}.",
                 "",
             ]
+        settings = [a for a in axes if a != "machine"]
+        pooled = aggregate(arms, settings) if "machine" in axes else table
+        if len(pooled) < len(table):
+            pooled = pooled.drop(columns=[c for c in pooled if c.startswith("wall_time_min")])
+            pooled.to_csv(out / "results_pooled.csv", index=False)
+            written["results_pooled"] = str(out / "results_pooled.csv")
+            lines += [
+                "## Seeds pooled over machines",
+                "",
+                "Each setting's seeds together wherever they ran, wall time left out: it "
+                "compares on one machine only (the table above). Machines also differ in "
+                "arithmetic: trainer.precision=auto trains in bf16 where the CPU has bf16 "
+                "hardware, in float32 elsewhere.",
+                "",
+                _markdown(pooled, settings),
+                "",
+            ]
+        else:  # each setting's seeds ran on one machine: the table is already pooled
+            pooled, settings = table, axes
         swept = [a for a in axes if not _is_seed(a) and a != "machine" and table[a].nunique() > 1]
         for axis in swept if headline_metrics(table) else []:
             path = out / f"plot_{axis.replace('/', '_')}.png"
-            plot_axis(table, axis, axes, path)
+            plot_axis(pooled, axis, settings, path)  # metrics, not wall time: seeds pooled
             written[f"plot_{axis}"] = str(path)
             lines.append(f"![{axis}]({path.name})")
         stopped = arms["stopped"].fillna("") if "stopped" in arms else ""

@@ -71,3 +71,16 @@ def test_the_machine_is_the_cpu_or_the_accelerators(monkeypatch):
     assert machine.cpu_description() == "unknown CPU, 2 CPUs, avx512_bf16"
     gpus = [_Device("gpu", "NVIDIA H200")] * 8
     assert machine.describe(gpus) == "NVIDIA H200 x8"
+
+
+def test_cpuinfo_names_the_cpu_family_and_model():
+    """Two Zen generations share the model name "AMD EPYC" on these VMs: family and model tell
+    them apart."""
+    cpu = (
+        "processor\t: {}\ncpu family\t: 25\nmodel\t\t: {}\nmodel name\t: AMD EPYC\n"
+        "flags\t\t: fma {}\n"
+    )
+    text = "\n".join([cpu.format(0, 17, "avx2"), cpu.format(1, 99, "sse")])  # the first counts
+    assert machine.parse_cpuinfo(text) == ("AMD EPYC (family 25, model 17)", {"fma", "avx2"})
+    assert machine.parse_cpuinfo("model name\t: Some CPU\n") == ("Some CPU", frozenset())
+    assert machine.parse_cpuinfo("") == ("", frozenset())

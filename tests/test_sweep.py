@@ -114,7 +114,7 @@ def test_gpu_sweeps_script_shares_the_gpu_and_stops_at_its_deadline(toy_data, tm
         "PYTHON": sys.executable,
         "RUNS": str(runs),
         "SWEEPS": "tiny:1",
-        "DEADLINE_S": "3",
+        "DEADLINE_S": "10",  # the sweep plans both arms and starts one well inside it
         "CUDA_VISIBLE_DEVICES": "0",
     }
     proc = subprocess.run(
@@ -126,11 +126,13 @@ def test_gpu_sweeps_script_shares_the_gpu_and_stops_at_its_deadline(toy_data, tm
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "== tiny" in proc.stdout
+    log = (runs / "tiny.log").read_text()
+    assert (runs / "tiny" / sweep.SWEEP_FILE).is_file(), log[-2000:]
     state = json.loads((runs / "tiny" / sweep.SWEEP_FILE).read_text())
     assert [a["name"] for a in state["arms"]] == ["seed=0", "seed=1"]
     first, second = state["arms"]
     # Stopped mid-arm: a rerun resumes it.
-    assert first["status"] == "running", (runs / "tiny.log").read_text()[-2000:]
+    assert first["status"] == "running", log[-2000:]
     assert second["status"] == "pending"
     assert (runs / "tiny" / "seed=0" / sweep.ARM_LOG).is_file()
 
@@ -182,6 +184,22 @@ def test_two_by_two_sweep_skips_finished_arms_and_reports(toy_data, tmp_path):
         ("vocab", 1),
         ("random", 2),
     ]
+    # ... and are pooled in a second table, without wall time (comparable on one machine only).
+    pooled = pd.read_csv(tmp_path / "two_machines" / "results_pooled.csv")
+    assert list(zip(pooled["init"], pooled["seeds"], strict=True)) == [("vocab", 2), ("random", 2)]
+    assert "test/test_sentiment/accuracy_mean" in pooled and "wall_time_min_mean" not in pooled
+    assert "## Seeds pooled over machines" in (tmp_path / "two_machines" / "results.md").read_text()
+    assert not (tmp_path / "results_pooled.csv").exists()  # one machine: no second table
+    # Back on one machine, a report into the same folder leaves no stale pooled table.
+    moved.write_text(
+        json.dumps({**json.loads(moved.read_text()), "machine": machine.cpu_description()})
+    )
+    report.write_report(tmp_path, tmp_path / "two_machines")
+    assert not (tmp_path / "two_machines" / "results_pooled.csv").exists()
+    assert "pooled" not in (tmp_path / "two_machines" / "results.md").read_text()
+    # The sweep's own arms given again as baselines are those arms, counted once.
+    report.write_report(tmp_path, tmp_path / "again", tmp_path / "arms.csv")
+    assert list(pd.read_csv(tmp_path / "again" / "results.csv")["seeds"]) == [2, 2]
     # Under another config every arm's workdir is refused, and no old result is reported.
     changed = _sweep(*args, "--config.model.optim.lr=0.5")
     assert changed.returncode == 1
