@@ -316,8 +316,8 @@ def write_report(
                 "",
             ]
         settings = [a for a in axes if a != "machine"]
-        pooled = aggregate(arms, settings) if "machine" in axes else table
-        if len(pooled) < len(table):
+        pooled = aggregate(arms, settings)
+        if len(pooled) < len(table):  # some setting's seeds ran on more than one machine
             pooled = pooled.drop(columns=[c for c in pooled if c.startswith("wall_time_min")])
             pooled.to_csv(out / "results_pooled.csv", index=False)
             written["results_pooled"] = str(out / "results_pooled.csv")
@@ -332,7 +332,7 @@ def write_report(
                 _markdown(pooled, settings),
                 "",
             ]
-        else:  # each setting's seeds ran on one machine: the table is already pooled
+        else:  # the table is already pooled: it keeps the machine column for the plots' legends
             pooled, settings = table, axes
         swept = [a for a in axes if not _is_seed(a) and a != "machine" and table[a].nunique() > 1]
         for axis in swept if headline_metrics(table) else []:
