@@ -55,7 +55,7 @@ def get_config(arg=None):
 # compares them. Done (rows in earlier_arms.csv, which the report takes as --baselines; put an
 # arm back here to rerun it): the zero-shot rows and the 3 seeds of sentiment, squad and
 # intent_slot (squad's seed 0: squad_recipe's chosen arm, the same config, its workdir reused).
-TO_RUN = ((0, ("multitask",)), (1, ("multitask",)), (2, ("multitask",)))
+TO_RUN = tuple((seed, ("multitask",)) for seed in (0, 1, 2))
 
 
 def get_hyper(h):
