@@ -143,6 +143,7 @@ _RUN_KEYS = (
     "model.micro_batch_size",
     "model.max_seq_length",
     "model.optim.lr",
+    "model.optim.task_lr_scales",
     "model.data.train_task_weights",
     "model.data.validation_metric_examples",
     "trainer.max_steps",
@@ -154,13 +155,21 @@ _RUN_KEYS = (
 
 
 def merged_config(
-    configs: list[ml_collections.ConfigDict], *, lr: float, batch: int, steps: int = 0
+    configs: list[ml_collections.ConfigDict],
+    *,
+    lr: float,
+    batch: int,
+    steps: int = 0,
+    scale_lr: bool = False,
 ) -> ml_collections.ConfigDict:
     """One multitask run of several single-task configs: their tasks, templates, data and
     prompt inits side by side, each task weighted by the examples its config trains on
     (max_steps x global_batch_size), in mixed batches of `batch` for `steps` steps (0: the
-    configs' examples over `batch`) at one learning rate `lr`. Any other key on which the
-    configs differ is a ConfigError: the merge would have to pick one silently."""
+    configs' examples over `batch`) at learning rate `lr`. With `scale_lr`, each task's lr is
+    `lr` times its examples per mixed batch over its config's global_batch_size (the linear
+    scaling rule: a task seen in 1 of 16 rows, where its recipe took batches of 8, would take
+    8 times the recipe's noisier steps). Any other key on which the configs differ is a
+    ConfigError: the merge would have to pick one silently."""
     flats = [runs.flatten(c.to_dict()) for c in configs]
     for key in flats[0]:
         if key in _PER_TASK_KEYS or key in _RUN_KEYS:
@@ -188,6 +197,11 @@ def merged_config(
         m.max_seq_length = max(c.model.max_seq_length for c in configs)
         m.optim.lr = lr
         m.data.train_task_weights = tuple(examples)
+        if scale_lr:
+            rows = [batch * e / sum(examples) for e in examples]  # per mixed batch, on average
+            m.optim.task_lr_scales = tuple(
+                r / c.model.global_batch_size for r, c in zip(rows, configs, strict=True)
+            )
         # Decoded answers only inform (val_loss picks); SQuAD and intent decoding is the cost.
         m.data.validation_metric_examples = 150
         merged.trainer.max_steps = steps or round(sum(examples) / batch)

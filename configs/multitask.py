@@ -7,7 +7,8 @@ alone, in batches that mix the tasks (model.data.train_task_weights).
 
 Arguments: model, seed, lr (one optimizer for all tasks; 3e-2, the rate all three recipes
 chose), batch (of the mixed batches), steps (0: the recipes' examples over `batch`), virtual
-(0: each recipe's count).
+(0: each recipe's count), scale_lr (each task's lr times its rows per mixed batch over its
+recipe's batch: common.merged_config).
 """
 
 from ptlearn import config_lib
@@ -18,7 +19,7 @@ RECIPES = ("sentiment", "squad", "intent_slot")  # the configs of sentiment, squ
 
 def get_config(arg=None):
     args = config_lib.parse_arg(
-        arg, model="default", seed=1234, lr=3e-2, batch=16, steps=0, virtual=0
+        arg, model="default", seed=1234, lr=3e-2, batch=16, steps=0, virtual=0, scale_lr=False
     )
     per_task = f"model={args.model},seed={args.seed}" + (
         f",virtual={args.virtual}" if args.virtual else ""
@@ -28,4 +29,5 @@ def get_config(arg=None):
         lr=args.lr,
         batch=args.batch,
         steps=args.steps,
+        scale_lr=args.scale_lr,
     )

@@ -148,6 +148,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"model.new_tasks {as_tuple(m.new_tasks)!r} (some > 0), or () for each task by "
             "its example count"
         )
+    scales = as_tuple(m.optim.task_lr_scales)
+    if scales and (
+        len(scales) != len(as_tuple(m.new_tasks))
+        or not all(_is_weight(x) and x > 0 for x in scales)
+    ):
+        raise ConfigError(
+            f"model.optim.task_lr_scales={scales!r}: give one finite factor > 0 per task of "
+            f"model.new_tasks {as_tuple(m.new_tasks)!r}, or () for model.optim.lr everywhere"
+        )
     if as_tuple(m.existing_tasks) and not m.restore_path:
         raise ConfigError(
             "model.existing_tasks needs model.restore_path: the prompt model that holds them"
@@ -179,4 +188,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"model.optim.lr={m.optim.lr}: Adam moves every prompt value by about lr a step and "
             f"prompt values are of order 0.01 to 1, so a run this fast only diverges; use lr "
             f"<= {MAX_LR} (prompt learning uses 1e-4 to 3e-2)"
+        )
+    if scales and m.optim.lr * max(scales) > MAX_LR:
+        raise ConfigError(
+            f"model.optim.task_lr_scales={scales!r} take model.optim.lr={m.optim.lr} above "
+            f"{MAX_LR} for a task, where a run only diverges; lower the largest factor"
         )

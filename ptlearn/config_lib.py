@@ -268,6 +268,10 @@ def base_config() -> ml_collections.ConfigDict:
             betas=(0.9, 0.999),
             eps=1e-8,
             sched=dict(name="CosineAnnealing", warmup_steps=50, constant_steps=0, min_lr=1e-5),
+            # Factors on lr for each new task's own prompt parameters, aligned with new_tasks
+            # (a shared p-tuning encoder keeps lr). Empty: lr for all. A multitask run sets
+            # them so a task that sees fewer examples a step than its recipe steps less far.
+            task_lr_scales=(),
         ),
     )
     c.inference = inference_config()

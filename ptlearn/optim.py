@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -130,3 +131,9 @@ def with_frozen(tx: optax.GradientTransformation, labels: Any) -> optax.Gradient
     """
     transforms = {masking.TRAINABLE: tx, masking.FROZEN: optax.set_to_zero()}
     return optax.multi_transform(transforms, labels)
+
+
+def scale_by_tree(factors: Any) -> optax.GradientTransformation:
+    """Each update leaf times its constant in `factors` (a tree like the parameters, None
+    where they have None): per-group learning rates after an optimizer that ends in lr."""
+    return optax.stateless(lambda updates, _: jax.tree.map(lambda u, f: u * f, updates, factors))

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ptlearn import gpt, masking, optim, prompted, sharding
+from ptlearn import config_lib, gpt, masking, optim, prompted, sharding
 from ptlearn.errors import ConfigError
 from ptlearn.train_setup import Setup, init_prompt_params
 
@@ -45,7 +45,24 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int, labels: 
         eps=o.eps,
         gradient_clip_val=config.trainer.gradient_clip_val,
     )
-    return optim.with_frozen(tx, labels), schedule
+    tx = optim.with_frozen(tx, labels)
+    scales = config_lib.as_tuple(o.task_lr_scales)
+    if scales:
+        tx = optax.chain(tx, optim.scale_by_tree(task_factors(labels, config, scales)))
+    return tx, schedule
+
+
+def task_factors(labels: Any, config: ml_collections.ConfigDict, scales: tuple) -> Any:
+    """A tree like `labels`: each new task's own prompt leaves (prompt/tables/<task>,
+    prompt/inputs/<task>) its factor of model.optim.task_lr_scales, any other leaf 1."""
+    by_task = dict(zip(config_lib.as_tuple(config.model.new_tasks), scales, strict=True))
+
+    def factor(path: Any, _: Any) -> float:
+        parts = masking.path_str(path).split("/")
+        own = len(parts) >= 3 and parts[0] == "prompt" and parts[1] in ("tables", "inputs")
+        return float(by_task.get(parts[2], 1.0)) if own else 1.0
+
+    return jax.tree_util.tree_map_with_path(factor, labels)
 
 
 def optimizer_shardings(tx: Any, trainable: Any, param_shardings: Any, replicated: Any) -> Any:

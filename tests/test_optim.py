@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from ptlearn import masking, optim
+from ptlearn import config_checks, config_lib, masking, optim, train_state
 from ptlearn.errors import ConfigError
 
 
@@ -127,3 +127,46 @@ def test_with_frozen_holds_no_moments_for_frozen_leaves():
     updates, _ = jax.jit(tx.update)(grads, state, params)
     assert float(jnp.max(jnp.abs(updates["lm"]["w"]))) == 0.0
     assert float(jnp.min(jnp.abs(updates["prompt"]["tables"]["t"]))) > 0.0
+
+
+def test_task_lr_scales_scale_each_new_tasks_own_updates_only():
+    config = config_lib.load_config("multitask_ptuning", "model=tiny")
+    config.model.optim.sched.name = "constant"
+    params = {
+        "lm": {"w": jnp.ones((4, 2))},
+        "prompt": {
+            "inputs": {t: jnp.ones((3, 2)) for t in config.model.new_tasks},
+            "encoder": {"kernel": jnp.ones((2, 2))},
+        },
+    }
+    trainable_labels, _ = masking.split(
+        *[masking.param_labels(params, masking.PROMPT_ONLY_RULES)] * 2
+    )
+    trainable, _ = masking.split(params, trainable_labels)
+    grads = jax.tree.map(lambda x: x * 0.5, trainable)
+
+    def updates_with(scales):
+        config.model.optim.task_lr_scales = scales
+        tx, _ = train_state.make_optimizer(config, 10, trainable_labels)
+        return _one_update(tx, trainable, grads)["prompt"]
+
+    plain, scaled = updates_with(()), updates_with((0.25, 1.0, 2.0))
+    for task, factor in zip(config.model.new_tasks, (0.25, 1.0, 2.0), strict=True):
+        np.testing.assert_allclose(scaled["inputs"][task], factor * plain["inputs"][task])
+    np.testing.assert_array_equal(scaled["encoder"]["kernel"], plain["encoder"]["kernel"])
+
+
+@pytest.mark.parametrize(
+    ("scales", "match"),
+    [
+        ((1.0,), "one finite factor > 0 per task"),
+        ((1.0, 0.0, 1.0), "one finite factor"),
+        ((1.0, float("nan"), 1.0), "one finite factor"),
+        ((1.0, 2e3, 1.0), "above 1.0 for a task"),
+    ],
+)
+def test_bad_task_lr_scales_name_the_key(scales, match):
+    config = config_lib.load_config("multitask_ptuning", "model=tiny")
+    config.model.optim.task_lr_scales = scales
+    with pytest.raises(ConfigError, match=rf"model.optim.task_lr_scales=.*{match}"):
+        config_checks.validate(config)
