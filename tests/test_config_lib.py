@@ -136,7 +136,6 @@ def test_the_multitask_recipe_is_the_three_recipes_each_with_its_examples():
     assert m.prompt_tuning.new_prompt_init_text == tuple(
         r.model.prompt_tuning.new_prompt_init_text[0] for r in recipes
     )
-    assert m.optim.task_lr_scales == ()
     config_checks.validate(merged)
 
 
@@ -144,13 +143,14 @@ def test_the_multitask_recipe_scales_each_tasks_lr_by_its_rows_per_batch():
     recipes = [
         config_lib.load_config(n, "model=tiny") for n in ("sentiment", "squad", "intent_slot")
     ]
-    merged = config_lib.load_config("multitask", "model=tiny,batch=16,scale_lr=1")
+    merged = config_lib.load_config("multitask", "model=tiny,batch=16")
     # Each task's rows per mixed batch over its recipe's batch: its recipe's steps over the
     # merged run's when the merge keeps every recipe's examples.
     expected = [r.trainer.max_steps / merged.trainer.max_steps for r in recipes]
     assert merged.model.optim.task_lr_scales == pytest.approx(expected, rel=1e-3)
     assert merged.model.optim.lr == 3e-2
     config_checks.validate(merged)
+    assert config_lib.load_config("multitask", "scale_lr=0").model.optim.task_lr_scales == ()
 
 
 def test_merging_configs_that_differ_in_a_shared_key_names_it():
