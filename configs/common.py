@@ -166,10 +166,10 @@ def merged_config(
     prompt inits side by side, each task weighted by the examples its config trains on
     (max_steps x global_batch_size), in mixed batches of `batch` for `steps` steps (0: the
     configs' examples over `batch`) at learning rate `lr`. With `scale_lr`, each task's lr is
-    `lr` times its examples per mixed batch over its config's global_batch_size (the linear
-    scaling rule: a task seen in 1 of 16 rows, where its recipe took batches of 8, would take
-    8 times the recipe's noisier steps). Any other key on which the configs differ is a
-    ConfigError: the merge would have to pick one silently."""
+    `lr` times its rows per mixed batch over its config's global_batch_size (the linear
+    scaling rule: a task in 1 of 16 rows whose config took batches of 8 gets lr / 8, as its
+    steps are 8 times as many and each from 1/8 of the examples). Any other key on which the
+    configs differ is a ConfigError: the merge would have to pick one silently."""
     flats = [runs.flatten(c.to_dict()) for c in configs]
     for key in flats[0]:
         if key in _PER_TASK_KEYS or key in _RUN_KEYS:

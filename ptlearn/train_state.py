@@ -48,11 +48,11 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int, labels: 
     tx = optim.with_frozen(tx, labels)
     scales = config_lib.as_tuple(o.task_lr_scales)
     if scales:
-        tx = optax.chain(tx, optim.scale_by_tree(task_factors(labels, config, scales)))
+        tx = optax.chain(tx, optim.scale_by_tree(_task_factors(labels, config, scales)))
     return tx, schedule
 
 
-def task_factors(labels: Any, config: ml_collections.ConfigDict, scales: tuple) -> Any:
+def _task_factors(labels: Any, config: ml_collections.ConfigDict, scales: tuple) -> Any:
     """A tree like `labels`: each new task's own prompt leaves (prompt/tables/<task>,
     prompt/inputs/<task>) its factor of model.optim.task_lr_scales, any other leaf 1."""
     by_task = dict(zip(config_lib.as_tuple(config.model.new_tasks), scales, strict=True))
