@@ -139,9 +139,8 @@ def test_task_lr_scales_scale_each_new_tasks_own_updates_only():
             "encoder": {"kernel": jnp.ones((2, 2))},
         },
     }
-    trainable_labels, _ = masking.split(
-        *[masking.param_labels(params, masking.PROMPT_ONLY_RULES)] * 2
-    )
+    labels = masking.param_labels(params, masking.PROMPT_ONLY_RULES)
+    trainable_labels, _ = masking.split(labels, labels)  # as train_state.init_state does
     trainable, _ = masking.split(params, trainable_labels)
     grads = jax.tree.map(lambda x: x * 0.5, trainable)
 
